@@ -1,0 +1,250 @@
+"""Synthetic text captchas with the label in the file name (``00042-R865.png``).
+
+Two styles: ``captcha`` (the PyPI ``captcha`` library's ImageCaptcha) and ``builtin`` (our own renderer: several
+fonts, colours, rotation, overlap, noise lines and dots, sine warp); ``mixed`` alternates at random.
+Image ``i`` depends only on ``(seed, i)``, so a set is reproducible whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from captchalab.data.charset import parse_charset_spec
+from captchalab.data.fonts import cjk_fonts, latin_fonts
+from captchalab.errors import CaptchalabError
+from captchalab.progress import track
+
+log = logging.getLogger(__name__)
+
+STYLES = ("captcha", "builtin", "mixed")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    charset: str = parse_charset_spec("alnum")
+    min_length: int = 4
+    max_length: int = 4
+    width: int = 160
+    height: int = 60
+    style: str = "captcha"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise CaptchalabError(f"unknown style {self.style!r}; choose one of {', '.join(STYLES)}")
+        if not 1 <= self.min_length <= self.max_length:
+            raise CaptchalabError(f"bad length range {self.min_length}-{self.max_length}")
+        if self.width < 16 or self.height < 16:
+            raise CaptchalabError(f"image size {self.width}x{self.height} is too small (16x16 at least)")
+
+
+def parse_length(text: str) -> tuple[int, int]:
+    """``'4'`` -> (4, 4); ``'4-6'`` -> (4, 6)."""
+    try:
+        low, _, high = text.partition("-")
+        return int(low), int(high or low)
+    except ValueError:
+        raise CaptchalabError(f"bad --length {text!r}: use a number such as 4 or a range such as 4-6") from None
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``'160x60'`` -> (160, 60)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+        return width, height
+    except ValueError:
+        raise CaptchalabError(f"bad --size {text!r}: use WIDTHxHEIGHT such as 160x60") from None
+
+
+def sample_rng(seed: int, index: int) -> random.Random:
+    """The random stream of sample ``index``: independent of worker count and order."""
+    return random.Random(seed * 0x9E3779B1 + index)
+
+
+class _SeededSecrets:
+    """Stands in for the ``secrets`` module inside ``captcha.image``, which otherwise cannot be seeded."""
+
+    def __init__(self, rng: random.Random):
+        self._rng = rng
+
+    def randbelow(self, n: int) -> int:
+        return self._rng.randrange(n)
+
+    def randbits(self, k: int) -> int:
+        return self._rng.getrandbits(k)
+
+    def choice(self, seq):  # noqa: ANN001, ANN201 - mirrors secrets.choice
+        return self._rng.choice(seq)
+
+
+class CaptchaLibRenderer:
+    """The ``captcha`` library's ImageCaptcha, made deterministic per sample."""
+
+    def __init__(self, width: int, height: int):
+        try:
+            import captcha.image as captcha_image
+        except ImportError:  # pragma: no cover - the base install has it
+            raise CaptchalabError("style 'captcha' needs the 'captcha' package: pip install captcha") from None
+        self._module = captcha_image
+        self._generator = captcha_image.ImageCaptcha(width=width, height=height)
+
+    def render(self, text: str, rng: random.Random) -> Image.Image:
+        original = self._module.secrets
+        self._module.secrets = _SeededSecrets(rng)  # single-threaded per process: safe to swap
+        try:
+            return self._generator.generate_image(text).convert("RGB")
+        finally:
+            self._module.secrets = original
+
+
+class BuiltinRenderer:
+    """Our own style: per-character font/colour/size/rotation, overlap, noise, optional sine warp and blur."""
+
+    def __init__(self, width: int, height: int):
+        self.width, self.height = width, height
+        paths = list(latin_fonts()) + list(cjk_fonts())
+        if not paths:
+            raise CaptchalabError("no TrueType font found for the builtin style (install fonts-dejavu or captcha)")
+        sizes = [int(height * f) for f in (0.55, 0.65, 0.75, 0.85)]
+        self._fonts = [ImageFont.truetype(p, s) for p in paths for s in sizes]
+
+    def render(self, text: str, rng: random.Random) -> Image.Image:
+        w, h = self.width, self.height
+        dark_bg = rng.random() < 0.15
+        bg = tuple(rng.randint(0, 70) if dark_bg else rng.randint(180, 255) for _ in range(3))
+        image = Image.new("RGB", (w, h), bg)
+        if rng.random() < 0.5:  # background gradient / blotches
+            arr = np.asarray(image, dtype=np.float32)
+            ramp = np.linspace(rng.uniform(-40, 0), rng.uniform(0, 40), w, dtype=np.float32)
+            arr = np.clip(arr + ramp[None, :, None] * np.array([rng.uniform(0, 1) for _ in range(3)]), 0, 255)
+            image = Image.fromarray(arr.astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        self._noise_dots(draw, rng, bg, dark_bg, count=rng.randint(0, 150))
+        glyphs = [self._glyph(c, rng, dark_bg) for c in text]
+        total = sum(g.width for g in glyphs)
+        squeeze = min(1.0, (w * 0.92) / max(total, 1))
+        overlap = rng.uniform(0.0, 0.25)
+        step_sum = sum(int(g.width * squeeze * (1 - overlap)) for g in glyphs)
+        x = max(0, int((w - step_sum) / 2 + rng.uniform(-0.05, 0.05) * w))
+        for glyph in glyphs:
+            if squeeze < 1.0:
+                glyph = glyph.resize((max(1, int(glyph.width * squeeze)), glyph.height))
+            y = int((h - glyph.height) / 2 + rng.uniform(-0.12, 0.12) * h)
+            image.paste(glyph, (min(x, w - 1), y), glyph)
+            x += int(glyph.width * (1 - overlap))
+        draw = ImageDraw.Draw(image)
+        for _ in range(rng.randint(0, 4)):
+            self._noise_line(draw, rng, dark_bg)
+        if rng.random() < 0.5:
+            image = self._warp(image, rng)
+        if rng.random() < 0.3:
+            image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
+        return image
+
+    def _ink(self, rng: random.Random, dark_bg: bool) -> tuple[int, int, int]:
+        return tuple(rng.randint(150, 255) if dark_bg else rng.randint(0, 150) for _ in range(3))
+
+    def _glyph(self, char: str, rng: random.Random, dark_bg: bool) -> Image.Image:
+        font = rng.choice(self._fonts)
+        left, top, right, bottom = font.getbbox(char)
+        pad = 4
+        glyph = Image.new("RGBA", (right - left + 2 * pad, bottom - top + 2 * pad), (0, 0, 0, 0))
+        ImageDraw.Draw(glyph).text((pad - left, pad - top), char, font=font, fill=self._ink(rng, dark_bg) + (255,))
+        return glyph.rotate(rng.uniform(-35, 35), resample=Image.Resampling.BICUBIC, expand=True)
+
+    def _noise_dots(self, draw: ImageDraw.ImageDraw, rng: random.Random, bg, dark_bg: bool, count: int) -> None:
+        for _ in range(count):
+            x, y = rng.randrange(self.width), rng.randrange(self.height)
+            r = rng.choice((0, 0, 1))
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=self._ink(rng, dark_bg))
+
+    def _noise_line(self, draw: ImageDraw.ImageDraw, rng: random.Random, dark_bg: bool) -> None:
+        w, h = self.width, self.height
+        if rng.random() < 0.5:
+            points = [(rng.uniform(0, w * 0.3), rng.uniform(0, h)), (rng.uniform(w * 0.7, w), rng.uniform(0, h))]
+        else:  # sine curve across the image
+            amp, phase, period = rng.uniform(2, h / 4), rng.uniform(0, 6.3), rng.uniform(w / 3, w * 1.5)
+            y0 = rng.uniform(h * 0.25, h * 0.75)
+            points = [(x, y0 + amp * math.sin(phase + 2 * math.pi * x / period)) for x in range(0, w + 1, 4)]
+        draw.line(points, fill=self._ink(rng, dark_bg), width=rng.randint(1, 3))
+
+    def _warp(self, image: Image.Image, rng: random.Random) -> Image.Image:
+        arr = np.asarray(image)
+        h, w = arr.shape[:2]
+        amp, period, phase = rng.uniform(1, h * 0.08), rng.uniform(w * 0.4, w * 1.2), rng.uniform(0, 6.3)
+        shift = (amp * np.sin(phase + 2 * np.pi * np.arange(w) / period)).astype(np.int64)
+        rows = (np.arange(h)[:, None] + shift[None, :]) % h
+        return Image.fromarray(arr[rows, np.arange(w)[None, :]])
+
+
+class CaptchaGenerator:
+    """Renders sample ``i`` of a seeded set; picklable configuration, renderers built lazily per process."""
+
+    def __init__(self, config: GenerateConfig):
+        self.config = config
+        self._renderers: dict[str, CaptchaLibRenderer | BuiltinRenderer] = {}
+
+    def _renderer(self, style: str) -> CaptchaLibRenderer | BuiltinRenderer:
+        if style not in self._renderers:
+            cls = CaptchaLibRenderer if style == "captcha" else BuiltinRenderer
+            self._renderers[style] = cls(self.config.width, self.config.height)
+        return self._renderers[style]
+
+    def sample(self, index: int) -> tuple[str, Image.Image]:
+        cfg = self.config
+        rng = sample_rng(cfg.seed, index)
+        length = rng.randint(cfg.min_length, cfg.max_length)
+        text = "".join(rng.choice(cfg.charset) for _ in range(length))
+        style = cfg.style if cfg.style != "mixed" else rng.choice(("captcha", "builtin"))
+        return text, self._renderer(style).render(text, rng)
+
+
+_worker_generator: CaptchaGenerator | None = None
+
+
+def _init_worker(config: GenerateConfig) -> None:
+    global _worker_generator
+    _worker_generator = CaptchaGenerator(config)
+
+
+def _write_one(job: tuple[int, str, int]) -> str:
+    index, out_dir, digits = job
+    assert _worker_generator is not None
+    text, image = _worker_generator.sample(index)
+    name = f"{index:0{digits}d}-{text}.png"
+    image.save(Path(out_dir) / name)
+    return name
+
+
+def generate(out_dir: str | Path, count: int, config: GenerateConfig, workers: int = 1, start: int = 0) -> list[str]:
+    """Write ``count`` captchas ``<index>-<label>.png`` into ``out_dir``; returns the file names in index order."""
+    if count < 1:
+        raise CaptchalabError(f"--count must be at least 1, got {count}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    digits = max(5, len(str(start + count - 1)))
+    jobs = [(i, str(out), digits) for i in range(start, start + count)]
+    if workers <= 1:
+        _init_worker(config)
+        names = [_write_one(j) for j in track(jobs, len(jobs), "generating")]
+    else:
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(config,)) as pool:
+            names = list(track(pool.map(_write_one, jobs, chunksize=64), len(jobs), "generating"))
+    log.info("wrote %d captchas to %s", len(names), out)
+    return names
+
+
+def iter_samples(config: GenerateConfig, count: int, start: int = 0) -> Iterator[tuple[str, Image.Image]]:
+    """In-memory samples ``start .. start+count-1`` (benchmarks and tests use this instead of files)."""
+    generator = CaptchaGenerator(config)
+    for i in range(start, start + count):
+        yield generator.sample(i)

@@ -1,0 +1,90 @@
+"""Labelled image lists: from a folder (label in the file name) or from a TSV / JSONL labels file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from captchalab.errors import CaptchalabError
+from captchalab.imaging import IMAGE_SUFFIXES
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    path: Path
+    label: str
+    key: str  # stable name used in split.json: path relative to the dataset root
+
+
+def label_from_filename(name: str) -> str:
+    """``00042-R865.png`` -> ``R865``; ``R865_0042.png`` -> ``R865``; ``R865.png`` -> ``R865``."""
+    stem = Path(name).stem
+    if "-" in stem:
+        return stem.rsplit("-", 1)[1]
+    if "_" in stem:
+        return stem.split("_", 1)[0]
+    return stem
+
+
+def _from_folder(root: Path) -> list[LabelledImage]:
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    items = []
+    for path in files:
+        label = label_from_filename(path.name)
+        if not label:
+            raise CaptchalabError(f"{path}: no label in the file name (expected <anything>-<label>{path.suffix})")
+        items.append(LabelledImage(path, label, path.relative_to(root).as_posix()))
+    return items
+
+
+def _from_tsv(file: Path) -> list[LabelledImage]:
+    items = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 or not parts[1]:
+            raise CaptchalabError(f"{file}:{number}: expected 'path<TAB>label', got {line[:80]!r}")
+        items.append(_item(file, parts[0], parts[1]))
+    return items
+
+
+def _from_jsonl(file: Path) -> list[LabelledImage]:
+    items = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            path = record.get("image") or record.get("path") or record.get("file")
+            label = record.get("label", record.get("text"))
+        except (json.JSONDecodeError, AttributeError):
+            raise CaptchalabError(f"{file}:{number}: not a JSON object") from None
+        if not path or not isinstance(label, str) or not label:
+            raise CaptchalabError(f"{file}:{number}: needs \"image\" (or \"path\") and a non-empty \"label\"")
+        items.append(_item(file, path, label))
+    return items
+
+
+def _item(labels_file: Path, path: str, label: str) -> LabelledImage:
+    resolved = Path(path) if Path(path).is_absolute() else labels_file.parent / path
+    return LabelledImage(resolved, label, path)
+
+
+def read_labelled_images(source: str | Path) -> list[LabelledImage]:
+    """All labelled images of a dataset: a folder (searched recursively), a ``.tsv`` or a ``.jsonl`` file."""
+    root = Path(source)
+    if root.is_dir():
+        items = _from_folder(root)
+    elif root.is_file() and root.suffix.lower() in (".tsv", ".txt"):
+        items = _from_tsv(root)
+    elif root.is_file() and root.suffix.lower() in (".jsonl", ".json"):
+        items = _from_jsonl(root)
+    elif not root.exists():
+        raise CaptchalabError(f"{root}: no such file or folder")
+    else:
+        raise CaptchalabError(f"{root}: expected a folder of images, a .tsv or a .jsonl labels file")
+    if not items:
+        raise CaptchalabError(f"{root}: no labelled images found ({', '.join(IMAGE_SUFFIXES)})")
+    return items

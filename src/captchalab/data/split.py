@@ -1,0 +1,50 @@
+"""Seeded train/valid/test splits, recorded in ``split.json`` so a run can be reproduced exactly."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+from captchalab.errors import CaptchalabError
+
+SPLITS = ("train", "valid", "test")
+
+
+def parse_ratios(text: str) -> tuple[float, float, float]:
+    try:
+        ratios = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        ratios = ()
+    if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0:
+        raise CaptchalabError(f"bad split ratios {text!r}: use three numbers such as 0.8,0.1,0.1")
+    total = sum(ratios)
+    return tuple(r / total for r in ratios)  # type: ignore[return-value]
+
+
+def split_keys(keys: Sequence[str], ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
+               min_per_split: int = 1) -> dict[str, list[str]]:
+    """Shuffle the sorted keys with ``seed`` and cut them by ``ratios``; every split gets ``min_per_split``."""
+    ordered = sorted(keys)
+    if len(set(ordered)) != len(ordered):
+        raise CaptchalabError("the dataset lists the same image twice")
+    need = min_per_split * sum(1 for r in ratios if r > 0)
+    if len(ordered) < need:
+        raise CaptchalabError(f"dataset too small to split: {len(ordered)} images, at least {need} needed")
+    random.Random(seed).shuffle(ordered)
+    n = len(ordered)
+    n_valid = max(min_per_split, round(n * ratios[1])) if ratios[1] > 0 else 0
+    n_test = max(min_per_split, round(n * ratios[2])) if ratios[2] > 0 else 0
+    n_train = n - n_valid - n_test
+    return {"train": ordered[:n_train], "valid": ordered[n_train:n_train + n_valid], "test": ordered[n_train + n_valid:]}
+
+
+def write_split(path: Path, split: dict[str, list[str]], seed: int, ratios: tuple[float, float, float]) -> None:
+    data = {"seed": seed, "ratios": list(ratios), **{k: split[k] for k in SPLITS}}
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=0), encoding="utf-8")
+
+
+def read_split(path: Path) -> dict[str, list[str]]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return {k: data[k] for k in SPLITS}

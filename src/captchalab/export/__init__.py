@@ -1,0 +1,1 @@
+"""ONNX export, parity gates, quantisation and bundle manifests (needs torch and onnx)."""

@@ -1,0 +1,86 @@
+"""Python API for text captchas (mirrors ``captchalab ocr``). Importing it does not import torch.
+
+    >>> from captchalab import ocr
+    >>> ocr.read("00042-R865.png").text
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from captchalab.data.labels import read_labelled_images
+from captchalab.errors import CaptchalabError
+from captchalab.evaluation import ocr_report
+from captchalab.imaging import IMAGE_SUFFIXES, ImageInput, load_image
+from captchalab.runtime.ocr import OcrReader, Reading, read
+
+__all__ = ["OcrReader", "Reading", "read", "load_reader", "evaluate", "expand_paths"]
+log = logging.getLogger(__name__)
+
+
+def load_reader(model: str | os.PathLike = "default", threads: int | None = None):  # noqa: ANN201
+    """A reader for ``default``, a bundle folder (onnxruntime) or a training run folder (torch)."""
+    path = Path(model)
+    if str(model) != "default" and path.is_dir() and not (path / "manifest.json").exists():
+        if (path / "best.pt").exists():
+            from captchalab.training.reader import TorchOcrReader
+
+            return TorchOcrReader(path)
+        raise CaptchalabError(f"{path}: neither a model bundle (manifest.json) nor a training run (best.pt)")
+    if str(model) != "default" and not path.exists():
+        raise CaptchalabError(f"{path}: no such model bundle")
+    return OcrReader(model, threads=threads)
+
+
+def expand_paths(paths: Sequence[str], stdin: BinaryIO | None = None) -> Iterator[tuple[str, ImageInput]]:
+    """Files stay as they are, folders become their images (sorted, recursive), ``-`` reads bytes from stdin."""
+    for item in paths:
+        if item == "-":
+            if stdin is None:
+                raise CaptchalabError("'-' given but there is no standard input")
+            yield "<stdin>", stdin.read()
+        elif os.path.isdir(item):
+            files = sorted(p for p in Path(item).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise CaptchalabError(f"{item}: folder holds no images")
+            yield from ((str(p), str(p)) for p in files)
+        else:
+            yield item, item
+
+
+def evaluate(model: str | os.PathLike, data: str | os.PathLike, case_sensitive: bool = True,
+             batch_size: int = 256) -> dict:
+    """Score ``model`` on a labelled folder / labels file; unreadable images are skipped and listed."""
+    reader = load_reader(model)
+    items = read_labelled_images(data)
+    model_case = getattr(reader, "case_sensitive", True)
+    compare_case = case_sensitive and model_case
+    charset = set(reader.charset) | ({c.upper() for c in reader.charset} if not model_case else set())
+    for item in items:
+        outside = sorted(set(item.label) - charset)
+        if outside:
+            raise CaptchalabError(f"{item.path}: label {item.label!r} has characters the model cannot output: "
+                                  f"{''.join(outside)!r}")
+    predictions, labels, skipped = [], [], []
+    for start in range(0, len(items), batch_size):
+        images, chunk_labels = [], []
+        for item in items[start:start + batch_size]:
+            try:
+                images.append(load_image(item.path))
+                chunk_labels.append(item.label)
+            except CaptchalabError as exc:
+                skipped.append(str(exc))
+        if images:
+            predictions += [r.text for r in reader.read_batch(images)]
+            labels += chunk_labels
+    if skipped:
+        log.warning("skipped %d unreadable images: %s", len(skipped), "; ".join(skipped[:20]))
+    if not labels:
+        raise CaptchalabError(f"{data}: none of the images could be read")
+    report = ocr_report(predictions, labels, compare_case)
+    report.update({"model": str(model), "data": str(data), "skipped_images": skipped})
+    return report

@@ -1,0 +1,75 @@
+"""Model bundles: a folder with ONNX file(s) and manifest.json. Resolves ``default`` to the shipped bundle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from captchalab.errors import CaptchalabError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: dict
+
+    def file(self, key: str = "model") -> Path:
+        """Absolute path of the ONNX file named by ``manifest["files"][key]``."""
+        return self.path / self.manifest["files"][key]
+
+
+def default_bundle_path(task: str) -> Path:
+    return Path(str(resources.files("captchalab") / "assets" / f"{task}-default"))
+
+
+def load_bundle(spec: str | os.PathLike, task: str) -> Bundle:
+    """``default`` or a bundle folder -> Bundle, checking the manifest's task and that its files exist."""
+    path = default_bundle_path(task) if str(spec) == "default" else Path(spec)
+    manifest_file = path / MANIFEST
+    if not manifest_file.is_file():
+        what = "the shipped default model is missing from the installation" if str(spec) == "default" else \
+            "not a model bundle (no manifest.json)"
+        raise CaptchalabError(f"{path}: {what}")
+    try:
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CaptchalabError(f"{manifest_file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if manifest.get("task") != task:
+        raise CaptchalabError(f"{path}: is a {manifest.get('task')!r} bundle, not {task!r}")
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise CaptchalabError(f"{path}: bundle format {manifest['format_version']} is newer than this captchalab; upgrade")
+    bundle = Bundle(path, manifest)
+    for key in manifest.get("files", {}):
+        if not bundle.file(key).is_file():
+            raise CaptchalabError(f"{bundle.file(key)}: model file named in the manifest is missing")
+    return bundle
+
+
+def onnx_session(model_path: Path, threads: int | None = None, providers: list[str] | None = None):  # noqa: ANN201
+    """An onnxruntime session: CUDA when available (and not overridden), else CPU; ``threads`` caps CPU threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if providers is None:
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return ort.InferenceSession(str(model_path), options, providers=providers)

@@ -1,0 +1,66 @@
+"""Read text captchas with an exported OCR bundle (onnxruntime only)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from captchalab.imaging import ImageInput, Preprocess, load_image
+from captchalab.runtime.bundle import load_bundle, onnx_session
+from captchalab.runtime.decode import decode
+
+
+@dataclass(frozen=True)
+class Reading:
+    text: str
+    confidence: float
+
+
+class OcrReader:
+    """One loaded model; ``read`` / ``read_batch`` are safe to call from many threads at once (no shared state
+    changes after construction, and onnxruntime sessions are thread-safe)."""
+
+    def __init__(self, model: str | os.PathLike = "default", threads: int | None = None,
+                 providers: list[str] | None = None):
+        self.bundle = load_bundle(model, "ocr")
+        manifest = self.bundle.manifest
+        self.preprocess = Preprocess.from_dict(manifest["preprocess"])
+        self.charset: str = manifest["charset"]
+        self.decoder: str = manifest["decoder"]
+        self.case_sensitive: bool = manifest.get("case_sensitive", True)
+        self._session = onnx_session(self.bundle.file("model"), threads, providers)
+        self._input = self._session.get_inputs()[0].name
+
+    def inputs(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Images -> the (B, C, H, W) float32 batch the model takes."""
+        return self.preprocess.normalize(np.stack([self.preprocess.to_uint8(load_image(i)) for i in images]))
+
+    def run(self, batch: np.ndarray) -> list[Reading]:
+        """A preprocessed (B, C, H, W) batch -> readings."""
+        (log_probs,) = self._session.run(None, {self._input: batch})
+        return [Reading(text, conf) for text, conf in decode(log_probs, self.charset, self.decoder)]
+
+    def read(self, image: ImageInput) -> Reading:
+        """One image (path, bytes, PIL image or uint8 array) -> Reading(text, confidence)."""
+        return self.run(self.inputs([image]))[0]
+
+    def read_batch(self, images: Sequence[ImageInput], batch_size: int = 256) -> list[Reading]:
+        readings: list[Reading] = []
+        for start in range(0, len(images), batch_size):
+            readings += self.run(self.inputs(images[start:start + batch_size]))
+        return readings
+
+
+_default_readers: dict[str, OcrReader] = {}
+
+
+def read(image: ImageInput, model: str | Path = "default") -> Reading:
+    """Read one captcha with a cached reader for ``model`` (the shipped default unless told otherwise)."""
+    key = str(model)
+    if key not in _default_readers:
+        _default_readers[key] = OcrReader(model)
+    return _default_readers[key].read(image)

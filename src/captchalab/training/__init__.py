@@ -1,0 +1,1 @@
+"""Training loops (torch). Not imported by the runtime."""

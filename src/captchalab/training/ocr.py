@@ -1,0 +1,303 @@
+"""Train an OCR model on a labelled folder or labels file: split, cache, epochs, early stopping, report.
+
+Files in the run folder: config.json, split.json, cache/, last.pt (every epoch), best.pt (best validation),
+log.csv, accuracy.png, report.json. Every write is atomic; ``resume=True`` continues from last.pt.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from captchalab.data.cache import CachedSplit, build_cache
+from captchalab.data.charset import Charset
+from captchalab.data.labels import read_labelled_images
+from captchalab.data.split import read_split, split_keys, write_split
+from captchalab.errors import CaptchalabError
+from captchalab.evaluation import ocr_report
+from captchalab.imaging import Preprocess
+from captchalab.models import OCR_ARCHS, create_ocr_model, model_config_dict
+from captchalab.progress import track
+from captchalab.runtime.decode import decode
+from captchalab.training import distributed
+from captchalab.training.checkpoint import load_torch, save_torch, write_json, write_text
+from captchalab.training.plots import plot_curves
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OcrTrainOptions:
+    arch: str = "ctc"
+    patience: int = 20
+    max_epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    case_sensitive: bool = True
+    charset: str | None = None  # None: derived from the labels
+    height: int | None = None  # None: the architecture's default input size
+    width: int | None = None
+    channels: int | None = None
+    augment: bool = True
+    schedule: str = "plateau"  # plateau: halve lr when validation stalls; cosine: anneal to 0 over max_epochs
+    device: str = "auto"
+    workers: int | None = None
+    model: dict = field(default_factory=dict)  # extra model config fields (e.g. widths for a tiny model)
+
+
+class _Batches:
+    """Mini-batches from a cached split: (B, C, H, W) float input and encoded targets."""
+
+    def __init__(self, split: CachedSplit, charset: Charset, preprocess: Preprocess):
+        self.split, self.preprocess = split, preprocess
+        self.targets = [torch.tensor([i + 1 for i in charset.encode(label)], dtype=torch.long) for label in split.labels]
+
+    def __len__(self) -> int:
+        return len(self.split.labels)
+
+    def inputs(self, indices: np.ndarray, augment: bool, rng: np.random.Generator | None = None) -> torch.Tensor:
+        batch = np.ascontiguousarray(self.split.images[indices])
+        if augment and rng is not None:
+            batch = _augment(batch, rng)
+        return torch.from_numpy(self.preprocess.normalize(batch))
+
+
+def _augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Cheap, label-preserving jitter on (B, H, W, C) uint8: shifts of a few pixels, contrast and brightness."""
+    b, h, w, _ = batch.shape
+    pad = 3
+    padded = np.pad(batch, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, b))
+    out = np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)]).astype(np.float32)
+    contrast = rng.uniform(0.7, 1.3, size=(b, 1, 1, 1)).astype(np.float32)
+    brightness = rng.uniform(-25, 25, size=(b, 1, 1, 1)).astype(np.float32)
+    mean = out.mean(axis=(1, 2, 3), keepdims=True)
+    return np.clip((out - mean) * contrast + mean + brightness, 0, 255).astype(np.uint8)
+
+
+def _loss_fn(decoder: str) -> nn.Module:
+    return nn.CTCLoss(blank=0, zero_infinity=True) if decoder == "ctc-greedy" else nn.NLLLoss()
+
+
+def _loss(criterion: nn.Module, decoder: str, log_probs: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+    """log_probs: (B, T, K+1). CTC takes concatenated targets; fixed pads every label to T with class 0."""
+    device = log_probs.device
+    if decoder == "ctc-greedy":
+        lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
+        steps = torch.full((log_probs.shape[0],), log_probs.shape[1], dtype=torch.long)
+        return criterion(log_probs.transpose(0, 1).float(), torch.cat(targets).to(device), steps, lengths)
+    padded = torch.zeros(log_probs.shape[0], log_probs.shape[1], dtype=torch.long)
+    for row, target in enumerate(targets):
+        padded[row, : len(target)] = target
+    return criterion(log_probs.reshape(-1, log_probs.shape[-1]), padded.reshape(-1).to(device))
+
+
+@torch.no_grad()
+def predict_cached(model: nn.Module, batches: _Batches, chars: str, decoder: str, device: torch.device,
+                   batch_size: int = 512) -> list[str]:
+    """Greedy predictions for a whole cached split (model in eval mode)."""
+    model.eval()
+    texts: list[str] = []
+    for start in range(0, len(batches), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(batches)))
+        log_probs = model(batches.inputs(idx, augment=False).to(device)).float().cpu().numpy()
+        texts += [text for text, _ in decode(log_probs, chars, decoder)]
+    return texts
+
+
+def _prepare(data: Path, run: Path, opts: OcrTrainOptions, resume: bool) -> tuple[dict, dict[str, CachedSplit]]:
+    """Read labels, fix the charset, the split and the caches; returns the run config and cached splits."""
+    items = read_labelled_images(data)
+    if not opts.case_sensitive:
+        items = [type(i)(i.path, i.label.lower(), i.key) for i in items]
+    charset = Charset(opts.charset) if opts.charset else Charset.from_labels(i.label for i in items)
+    for item in items:
+        if charset.unknown(item.label):
+            raise CaptchalabError(f"{item.path}: label {item.label!r} has characters outside the charset: "
+                                  f"{charset.unknown(item.label)!r}")
+    split_file = run / "split.json"
+    if resume and split_file.exists():
+        split = read_split(split_file)
+    else:
+        split = split_keys([i.key for i in items], opts.ratios, opts.seed)
+        write_split(split_file, split, opts.seed, opts.ratios)
+
+    _, _, decoder, (dh, dw, dc) = OCR_ARCHS[opts.arch]
+    preprocess = Preprocess(opts.height or dh, opts.width or dw, opts.channels or dc)
+    by_key = {i.key: i for i in items}
+    missing = [k for keys in split.values() for k in keys if k not in by_key]
+    if missing:
+        raise CaptchalabError(f"{split_file}: lists {len(missing)} images no longer in the dataset, e.g. {missing[0]}")
+    caches = {name: build_cache([by_key[k] for k in keys], preprocess, run / "cache", name, opts.workers)
+              for name, keys in split.items()}
+    skipped = [s for c in caches.values() for s in c.skipped]
+    if skipped:
+        log.warning("skipped %d unreadable images: %s", len(skipped), "; ".join(skipped[:20]) +
+                    (f"; ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""))
+    max_length = max(len(label) for c in caches.values() for label in c.labels)
+    config = {
+        "arch": opts.arch, "decoder": decoder, "charset": charset.chars, "case_sensitive": opts.case_sensitive,
+        "max_length": max_length, "preprocess": preprocess.to_dict(), "data": str(Path(data).resolve()),
+        "options": {k: v for k, v in asdict(opts).items() if k != "model"},
+    }
+    return config, caches
+
+
+def _build_model(config: dict, model_overrides: dict) -> nn.Module:
+    pre = config["preprocess"]
+    model = create_ocr_model(config["arch"], in_channels=pre["channels"], height=pre["height"], width=pre["width"],
+                             n_classes=len(config["charset"]), positions=config["max_length"], **model_overrides)
+    if config["decoder"] == "ctc-greedy" and model.time_steps < 2 * config["max_length"] - 1:
+        raise CaptchalabError(f"input width {pre['width']} gives {model.time_steps} CTC steps, too few for labels of "
+                              f"{config['max_length']} characters; use a wider --size")
+    return model
+
+
+def train_ocr(data: str | Path, run_dir: str | Path, opts: OcrTrainOptions | None = None, resume: bool = False) -> dict:
+    """Train (or resume) a run; returns the test report. See the module docstring for the files written."""
+    run = Path(run_dir)
+    if resume and not (run / "config.json").exists():
+        raise CaptchalabError(f"{run}: nothing to resume (no config.json); start a run without --resume")
+    if resume:
+        saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+        opts = OcrTrainOptions(**{**saved["options"], "ratios": tuple(saved["options"]["ratios"]),
+                                  "model": saved.get("model_overrides", {})})
+        data = saved["data"]
+    elif (run / "last.pt").exists():
+        raise CaptchalabError(f"{run}: already holds a training run; pass --resume to continue it or pick a new --out")
+    opts = opts or OcrTrainOptions()
+    if opts.arch not in OCR_ARCHS:
+        raise CaptchalabError(f"unknown --arch {opts.arch!r}; choose one of {', '.join(OCR_ARCHS)}")
+    ctx = distributed.setup(opts.device)
+    torch.manual_seed(opts.seed)
+    run.mkdir(parents=True, exist_ok=True)
+
+    config, caches = _prepare(Path(data), run, opts, resume)
+    model = _build_model(config, opts.model).to(ctx.device)
+    config["model"] = model_config_dict(model)
+    config["model_overrides"] = opts.model
+    if ctx.is_main and not resume:
+        write_json(run / "config.json", config)
+
+    charset, decoder = Charset(config["charset"]), config["decoder"]
+    preprocess = Preprocess.from_dict(config["preprocess"])
+    train, valid, test = (_Batches(caches[n], charset, preprocess) for n in ("train", "valid", "test"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    if opts.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opts.max_epochs)
+    elif opts.schedule == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
+                                                               patience=max(2, opts.patience // 4))
+    else:
+        raise CaptchalabError(f"unknown --schedule {opts.schedule!r}: use plateau or cosine")
+    criterion = _loss_fn(decoder)
+    history: list[dict] = []
+    best_acc, best_epoch, start_epoch = -1.0, 0, 1
+    if resume and (run / "last.pt").exists():
+        state = load_torch(run / "last.pt")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best_acc, best_epoch = state["history"], state["best_acc"], state["best_epoch"]
+        start_epoch = state["epoch"] + 1
+        log.info("resuming %s after epoch %d (best valid %.4f at epoch %d)", run, state["epoch"], best_acc, best_epoch)
+    net = model
+    if ctx.world_size > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+    stop = start_epoch > opts.max_epochs or (history and history[-1]["epoch"] - best_epoch >= opts.patience)
+    epoch = start_epoch
+    while not stop:
+        started = time.perf_counter()
+        train_loss = _train_epoch(net, train, criterion, optimizer, decoder, opts, epoch, ctx)
+        valid_pred = predict_cached(model, valid, charset.chars, decoder, ctx.device)
+        valid_report = ocr_report(valid_pred, valid.split.labels, opts.case_sensitive)
+        acc = valid_report["exact_accuracy"]
+        if opts.schedule == "plateau":
+            scheduler.step(acc)
+        else:
+            scheduler.step()
+        row = {"epoch": epoch, "train_loss": round(train_loss, 5), "valid_accuracy": acc,
+               "valid_char_accuracy": valid_report["char_accuracy"], "lr": optimizer.param_groups[0]["lr"],
+               "seconds": round(time.perf_counter() - started, 1)}
+        history.append(row)
+        improved = acc > best_acc
+        if improved:
+            best_acc, best_epoch = acc, epoch
+        log.info("epoch %d: loss %.4f, valid accuracy %.4f (best %.4f @ %d), %.0fs", epoch, train_loss, acc,
+                 best_acc, best_epoch, row["seconds"])
+        if ctx.is_main:
+            if improved:
+                save_torch({"model": model.state_dict(), "config": config, "epoch": epoch}, run / "best.pt")
+            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history,
+                        "best_acc": best_acc, "best_epoch": best_epoch, "config": config}, run / "last.pt")
+            _write_log(run, history)
+        stop = distributed.broadcast_flag(ctx, epoch - best_epoch >= opts.patience or epoch >= opts.max_epochs)
+        epoch += 1
+
+    best = load_torch(run / "best.pt", map_location=str(ctx.device))
+    model.load_state_dict(best["model"])
+    test_pred = predict_cached(model, test, charset.chars, decoder, ctx.device)
+    report = ocr_report(test_pred, test.split.labels, opts.case_sensitive)
+    report.update({"split": "test", "best_epoch": best["epoch"], "epochs_run": len(history),
+                   "train_seconds": round(sum(r["seconds"] for r in history), 1),
+                   "valid_accuracy": best_acc, "train_images": len(train), "valid_images": len(valid),
+                   "skipped_images": [s for c in caches.values() for s in c.skipped]})
+    if ctx.is_main:
+        write_json(run / "report.json", report)
+    distributed.teardown()
+    return report
+
+
+def load_run_model(run: Path) -> tuple[torch.nn.Module, dict]:
+    """The best checkpoint of a run, in eval mode, with the run config."""
+    best = run / "best.pt"
+    if not best.is_file():
+        raise CaptchalabError(f"{run}: no best.pt; is this a finished (or at least one epoch old) training run?")
+    state = load_torch(best)
+    config = state["config"]
+    model = create_ocr_model(config["arch"], **config["model"])
+    model.load_state_dict(state["model"])
+    return model.eval(), config
+
+
+def _train_epoch(net: nn.Module, train: _Batches, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                 decoder: str, opts: OcrTrainOptions, epoch: int, ctx: distributed.Context) -> float:
+    net.train()
+    rng = np.random.default_rng([opts.seed, epoch])
+    order = rng.permutation(len(train))[ctx.rank::ctx.world_size]
+    starts = range(0, len(order), opts.batch_size)
+    total, count = 0.0, 0
+    for start in track(starts, len(starts), f"epoch {epoch}"):
+        idx = order[start:start + opts.batch_size]
+        x = train.inputs(idx, opts.augment, rng).to(ctx.device, non_blocking=True)
+        loss = _loss(criterion, decoder, net(x), [train.targets[i] for i in idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        optimizer.step()
+        total += loss.item() * len(idx)
+        count += len(idx)
+    return total / max(count, 1)
+
+
+def _write_log(run: Path, history: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    write_text(run / "log.csv", buffer.getvalue())
+    plot_curves(history, run / "accuracy.png", ("valid_accuracy", "valid_char_accuracy"), "validation accuracy")
