@@ -1,0 +1,535 @@
+"""Chinese-CLIP image-text datasets made from labelled grid cells, and back again.
+
+Input: a folder of ``<label>/<image>`` sub-folders, or a JSONL file of ``{"image": path, "text": label}`` lines.
+Output (the file formats of Chinese-CLIP's fine-tuning data)::
+
+    out/
+      dataset.json            what was built: seed, ratios, labels, counts per split, skipped images
+      {split}_imgs.tsv        <image id>\\t<standard base64 of the original image file bytes>
+      {split}_texts.jsonl     {"text_id": 3, "text": "猫", "image_ids": [17, 21]}
+      lmdb/{split}/imgs       LMDB, laid out as Chinese-CLIP's cn_clip/preprocess/build_lmdb_dataset.py does
+      lmdb/{split}/pairs
+
+Ids: image ids run from 1 over all readable images sorted by (label, path), so they are unique across splits and
+do not depend on the seed; a text's id is ``split number * number of labels + label number + 1`` (splits in the
+order train, valid, test; labels sorted), unique across splits too.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import math
+import mmap
+import pickle
+import random
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+from PIL import Image
+
+from captchalab.data.split import SPLITS
+from captchalab.errors import CaptchalabError
+from captchalab.imaging import IMAGE_SUFFIXES, load_image
+from captchalab.progress import track
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "captchalab-cnclip"
+_ID = re.compile(r"[0-9]+")
+_URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
+_LMDB_FILES = ("data.mdb", "lock.mdb")
+_COMMIT_EVERY = 1000
+_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One labelled image of a split: its id, its text and the original image file bytes."""
+
+    image_id: int
+    text: str
+    image_bytes: bytes
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: Path
+    key: str  # path as given (relative to the cells folder or the JSONL's folder): the sort key
+    text: str
+
+
+@dataclass(frozen=True)
+class _Image:
+    source: _Source
+    data: bytes
+
+
+@dataclass(frozen=True)
+class _Text:
+    text_id: int
+    text: str
+    image_ids: list[int]
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+
+def build_dataset(cells: str | Path, out: str | Path, ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
+                  lmdb: bool = False) -> dict:
+    """Write a Chinese-CLIP dataset (TSV + JSONL per split, LMDB too with ``lmdb``) into ``out``.
+
+    The split is stratified: each label's images, sorted by path, are shuffled with
+    ``random.Random(f"{seed}/{label}")`` (our own per-label shuffle, not ``split_keys``, which is not stratified)
+    and cut by ``ratios``; every label keeps at least one image in train. Unreadable images are skipped with one
+    warning. ``out`` must be new, empty or an earlier dataset of ours (only our own files there are replaced).
+
+    Returns the summary also written to ``out/dataset.json``.
+    """
+    cells, out = Path(cells), Path(out)
+    weights = _check_ratios(ratios)
+    images, skipped = _read_images(cells, _scan(cells))
+    labels = sorted({image.source.text for image in images})
+    splits = _stratify(cells, images, weights, seed)
+    _prepare_out(out, cells)
+    ids = {image.source: number for number, image in enumerate(images, 1)}
+    for split_number, split in enumerate(SPLITS):
+        text_ids = {label: split_number * len(labels) + number for number, label in enumerate(labels, 1)}
+        _write_split(out, split, splits[split], ids, text_ids)
+    if lmdb:
+        build_lmdb(out)
+    summary = {
+        "format": FORMAT,
+        "seed": seed,
+        "ratios": list(weights),
+        "labels": labels,
+        "splits": {split: {"images": len(splits[split]), "texts": len({i.source.text for i in splits[split]})}
+                   for split in SPLITS},
+        "skipped": [source.key for source in skipped],
+        "lmdb": lmdb,
+    }
+    (out / "dataset.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    return summary
+
+
+def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(r) for r in ratios)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or values[0] <= 0:
+        raise CaptchalabError(f"bad split ratios {tuple(ratios)!r}: use three numbers >= 0 with train > 0, "
+                              "such as (0.8, 0.1, 0.1)")
+    total = sum(values)
+    return values[0] / total, values[1] / total, values[2] / total
+
+
+def _scan(cells: Path) -> list[_Source]:
+    if cells.is_dir():
+        return _scan_folder(cells)
+    if not cells.exists():
+        raise CaptchalabError(f"{cells}: no such folder or file")
+    if cells.suffix.lower() not in (".jsonl", ".json"):
+        raise CaptchalabError(f"{cells}: expected a folder of <label>/<image> sub-folders or a .jsonl labels file")
+    return _scan_jsonl(cells)
+
+
+def _scan_folder(root: Path) -> list[_Source]:
+    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    stray = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if stray:
+        raise CaptchalabError(f"{stray[0]}: image outside a label folder; put each image in a <label>/ sub-folder")
+    folders = [p for p in entries if p.is_dir()]
+    if not folders:
+        raise CaptchalabError(f"{root}: folder has no <label>/ sub-folders of images")
+    sources = []
+    for folder in folders:
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise CaptchalabError(f"{folder}: label folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+        label = unicodedata.normalize("NFC", folder.name)
+        sources += [_Source(p, p.relative_to(root).as_posix(), label) for p in files]
+    return sources
+
+
+def _scan_jsonl(file: Path) -> list[_Source]:
+    sources: list[_Source] = []
+    lines: dict[Path, int] = {}
+    for number, line in _numbered_lines(file):
+        record = _json_object(file, number, line)
+        image, text = record.get("image"), record.get("text")
+        if not isinstance(image, str) or not image or not isinstance(text, str) or not text.strip():
+            raise CaptchalabError(f'{file}:{number}: needs a non-empty "image" path and a non-empty "text" label')
+        path = Path(image) if Path(image).is_absolute() else file.parent / image
+        if not path.is_file():
+            raise CaptchalabError(f"{file}:{number}: image {image} not found")
+        if path.resolve() in lines:
+            raise CaptchalabError(f"{file}:{number}: image {image} is already listed on line {lines[path.resolve()]}")
+        lines[path.resolve()] = number
+        sources.append(_Source(path, Path(image).as_posix(), unicodedata.normalize("NFC", text.strip())))
+    if not sources:
+        raise CaptchalabError(f"{file}: no labelled images listed")
+    return sources
+
+
+def _read_images(cells: Path, sources: list[_Source]) -> tuple[list[_Image], list[_Source]]:
+    """Original bytes of each readable image, sorted by (label, path); the unreadable ones are returned apart."""
+    images, skipped, problems = [], [], []
+    for source in track(sorted(sources, key=lambda s: (s.text, s.key)), len(sources), "checking images"):
+        try:
+            data = source.path.read_bytes()
+            load_image(data, name=str(source.path))
+        except (OSError, CaptchalabError) as exc:
+            skipped.append(source)
+            problems.append(str(exc) if isinstance(exc, CaptchalabError) else f"{source.path}: {exc.strerror or exc}")
+            continue
+        images.append(_Image(source, data))
+    if problems:
+        logger.warning("skipped %d unreadable image(s): %s", len(problems), "; ".join(problems))
+    if not images:
+        raise CaptchalabError(f"{cells}: no readable images")
+    return images, skipped
+
+
+def _stratify(cells: Path, images: list[_Image], ratios: tuple[float, float, float],
+              seed: int) -> dict[str, list[_Image]]:
+    by_label: dict[str, list[_Image]] = {}
+    for image in images:
+        by_label.setdefault(image.source.text, []).append(image)
+    splits: dict[str, list[_Image]] = {split: [] for split in SPLITS}
+    for label, members in by_label.items():
+        random.Random(f"{seed}/{label}").shuffle(members)
+        n_train, n_valid, _ = _cut(len(members), ratios)
+        splits["train"] += members[:n_train]
+        splits["valid"] += members[n_train:n_train + n_valid]
+        splits["test"] += members[n_train + n_valid:]
+    for split, ratio in zip(SPLITS, ratios, strict=True):
+        if ratio > 0 and not splits[split]:
+            raise CaptchalabError(f"{cells}: dataset too small to split: {len(images)} readable images in "
+                                  f"{len(by_label)} labels leave the {split} split empty; add images or set its "
+                                  "ratio to 0")
+    return splits
+
+
+def _cut(count: int, ratios: tuple[float, float, float]) -> tuple[int, int, int]:
+    """Sizes of one label's train / valid / test parts (rounded half up); train keeps at least one image."""
+    n_valid, n_test = int(count * ratios[1] + 0.5), int(count * ratios[2] + 0.5)
+    while n_valid + n_test >= count and n_valid + n_test > 0:
+        if n_test >= n_valid:
+            n_test -= 1
+        else:
+            n_valid -= 1
+    return count - n_valid - n_test, n_valid, n_test
+
+
+def _prepare_out(out: Path, cells: Path) -> None:
+    """Make ``out`` ready: new or empty, or an earlier dataset of ours (its old LMDB files are removed)."""
+    if out.exists() and not out.is_dir():
+        raise CaptchalabError(f"{out}: exists and is not a folder")
+    if cells.is_dir() and out.resolve().is_relative_to(cells.resolve()):
+        raise CaptchalabError(f"{out}: the output folder must not be inside the cells folder {cells}")
+    if out.is_dir() and any(out.iterdir()):
+        if not _is_our_dataset(out):
+            raise CaptchalabError(f"{out}: folder is not empty and holds no {FORMAT} dataset.json; "
+                                  "choose a new or empty folder")
+        _remove_old_lmdb(out)  # the TSV, JSONL and dataset.json files are overwritten
+    out.mkdir(parents=True, exist_ok=True)
+    # Mark the folder first, so a build that is interrupted can be run again into the same folder.
+    (out / "dataset.json").write_text(json.dumps({"format": FORMAT, "complete": False}) + "\n", encoding="utf-8")
+
+
+def _is_our_dataset(folder: Path) -> bool:
+    try:
+        marker = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("format") == FORMAT
+
+
+def _remove_old_lmdb(out: Path) -> None:
+    """Remove the LMDB files an earlier build wrote, and nothing else (folders only when left empty)."""
+    for split in SPLITS:
+        for env in ("imgs", "pairs"):
+            for name in _LMDB_FILES:
+                (out / "lmdb" / split / env / name).unlink(missing_ok=True)
+            _rmdir_if_empty(out / "lmdb" / split / env)
+        _rmdir_if_empty(out / "lmdb" / split)
+    _rmdir_if_empty(out / "lmdb")
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _write_split(out: Path, split: str, images: list[_Image], ids: dict[_Source, int],
+                 text_ids: dict[str, int]) -> None:
+    members = sorted(images, key=lambda image: ids[image.source])
+    with (out / f"{split}_imgs.tsv").open("w", encoding="utf-8", newline="\n") as tsv:
+        for image in members:
+            tsv.write(f"{ids[image.source]}\t{base64.b64encode(image.data).decode('ascii')}\n")
+    by_text: dict[str, list[int]] = {}
+    for image in members:
+        by_text.setdefault(image.source.text, []).append(ids[image.source])
+    with (out / f"{split}_texts.jsonl").open("w", encoding="utf-8", newline="\n") as jsonl:
+        for text in sorted(by_text, key=text_ids.__getitem__):
+            record = {"text_id": text_ids[text], "text": text, "image_ids": by_text[text]}
+            jsonl.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def build_lmdb(dataset_dir: str | Path, splits: Iterable[str] = SPLITS) -> Path:
+    """Serialise each split's TSV + JSONL into ``dataset_dir/lmdb/{split}/{imgs,pairs}``; returns the lmdb folder.
+
+    Same layout as Chinese-CLIP's ``cn_clip/preprocess/build_lmdb_dataset.py``:
+
+    - ``pairs``: for every JSONL line in file order and every id of its ``image_ids`` in order, key
+      ``str(n).encode("utf-8")`` (n = 0, 1, ...) -> ``pickle.dumps((image_id, text_id, text))``; then
+      ``b"num_samples"`` -> ``str(number of pairs).encode("utf-8")``.
+    - ``imgs``: for every TSV line, key ``str(image_id).encode("utf-8")`` -> the line's base64 text encoded utf-8;
+      then ``b"num_images"`` -> ``str(number of images).encode("utf-8")``.
+
+    Refuses to write into a split folder that already holds files.
+    """
+    folder = _existing_folder(Path(dataset_dir))
+    lmdb_dir = folder / "lmdb"
+    for split in splits:
+        tsv, jsonl = _split_files(folder, split)
+        images = _read_tsv(tsv)
+        texts = _read_texts(jsonl, images, tsv)
+        split_dir = lmdb_dir / split
+        if split_dir.is_dir() and any(split_dir.iterdir()):
+            raise CaptchalabError(f"{split_dir}: already holds files; remove it to build the LMDB again")
+        split_dir.mkdir(parents=True, exist_ok=True)
+        # Protocol 4 (the default of the Pythons Chinese-CLIP supports) keeps the bytes the same on every Python.
+        pairs = [(str(n).encode("utf-8"), pickle.dumps(pair, protocol=4))
+                 for n, pair in enumerate((i, t.text_id, t.text) for t in texts for i in t.image_ids)]
+        _write_env(split_dir / "pairs", pairs, b"num_samples", f"{split} pairs")
+        records = [(str(image_id).encode("utf-8"), b64.encode("utf-8")) for image_id, b64 in images.items()]
+        _write_env(split_dir / "imgs", records, b"num_images", f"{split} images")
+    return lmdb_dir
+
+
+def _write_env(path: Path, records: list[tuple[bytes, bytes]], count_key: bytes, description: str) -> None:
+    env = lmdb.open(str(path), map_size=_map_size(records))
+    try:
+        batches = range(0, len(records), _COMMIT_EVERY)
+        for start in track(batches, len(batches), f"writing {description}"):
+            with env.begin(write=True) as txn:
+                for key, value in records[start:start + _COMMIT_EVERY]:
+                    txn.put(key, value)
+        with env.begin(write=True) as txn:
+            txn.put(count_key, str(len(records)).encode("utf-8"))
+    finally:
+        env.close()
+
+
+def _map_size(records: list[tuple[bytes, bytes]]) -> int:
+    """Twice the data plus a page of overhead per record (large values take whole overflow pages), + 1 MiB."""
+    payload = sum(len(key) + len(value) for key, value in records)
+    return 2 * (payload + (len(records) + 1) * mmap.PAGESIZE) + (1 << 20)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def read_split(dataset_dir: str | Path, split: str) -> list[Cell]:
+    """The cells of one split, read from its TSV + JSONL, in JSONL order (the order of the LMDB pairs).
+
+    A cell is one (image, text) pair, so an image listed by two texts gives two cells. Images no text lists (as
+    in Chinese-CLIP test splits with ``"image_ids": []``) are left out, with an info log line.
+    """
+    tsv, jsonl = _split_files(_existing_folder(Path(dataset_dir)), split)
+    images = _read_tsv(tsv)
+    texts = _read_texts(jsonl, images, tsv)
+    used = {image_id for text in texts for image_id in text.image_ids}
+    if len(used) < len(images):
+        logger.info("%s: %d image(s) listed by no text in %s, left out", tsv, len(images) - len(used), jsonl.name)
+    data = {image_id: _decode_b64(images[image_id], f"{tsv}: image {image_id}") for image_id in used}
+    return [Cell(image_id, text.text, data[image_id]) for text in texts for image_id in text.image_ids]
+
+
+def read_lmdb_split(lmdb_split_dir: str | Path) -> list[Cell]:
+    """The cells of one LMDB split folder (``imgs`` + ``pairs``), in pair order."""
+    folder = _existing_folder(Path(lmdb_split_dir))
+    pairs_env, imgs_env = (_open_env(folder / name) for name in ("pairs", "imgs"))
+    try:
+        with pairs_env.begin() as pairs, imgs_env.begin() as imgs:
+            count = _count(pairs, b"num_samples", folder / "pairs")
+            _count(imgs, b"num_images", folder / "imgs")
+            cells = []
+            for index in track(range(count), count, "reading pairs"):
+                image_id, text = _pair(pairs.get(str(index).encode("utf-8")), folder / "pairs", index)
+                b64 = imgs.get(str(image_id).encode("utf-8"))
+                if b64 is None:
+                    raise CaptchalabError(f"{folder / 'pairs'}: pair {index} names image {image_id}, "
+                                          f"which is not in {folder / 'imgs'}")
+                cells.append(Cell(image_id, text, _decode_b64(b64, f"{folder / 'imgs'}: image {image_id}")))
+    finally:
+        pairs_env.close()
+        imgs_env.close()
+    return cells
+
+
+def export_cells(dataset_dir: str | Path, split: str, out_folder: str | Path) -> int:
+    """Write a split's cells back out as ``<text>/<image_id>.<ext>`` (original bytes); returns how many.
+
+    The extension comes from the image format. An existing file with other bytes is never overwritten.
+    """
+    out = Path(out_folder)
+    cells = read_split(dataset_dir, split)
+    for cell in track(cells, len(cells), f"exporting {split}"):
+        where = f"{dataset_dir}: {split} image {cell.image_id}"
+        target = out / _folder_name(cell.text, where) / f"{cell.image_id}{_extension(cell.image_bytes, where)}"
+        if target.exists():
+            if target.is_file() and target.read_bytes() == cell.image_bytes:
+                continue
+            raise CaptchalabError(f"{target}: already exists with other content; export into a new folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(cell.image_bytes)
+    return len(cells)
+
+
+def _existing_folder(folder: Path) -> Path:
+    if not folder.is_dir():
+        raise CaptchalabError(f"{folder}: no such folder")
+    return folder
+
+
+def _split_files(folder: Path, split: str) -> tuple[Path, Path]:
+    if split not in SPLITS:
+        raise CaptchalabError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    return folder / f"{split}_imgs.tsv", folder / f"{split}_texts.jsonl"
+
+
+def _numbered_lines(file: Path) -> list[tuple[int, str]]:
+    """(line number, line) for each non-blank line of a UTF-8 text file."""
+    if not file.is_file():
+        raise CaptchalabError(f"{file}: no such file")
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise CaptchalabError(f"{file}: not UTF-8 text") from None
+    return [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _json_object(file: Path, number: int, line: str) -> dict:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        raise CaptchalabError(f"{file}:{number}: not valid JSON") from None
+    if not isinstance(record, dict):
+        raise CaptchalabError(f"{file}:{number}: expected a JSON object")
+    return record
+
+
+def _read_tsv(file: Path) -> dict[int, str]:
+    """Image id -> base64 text, in file order; every line checked (id an integer, base64 decodable)."""
+    images: dict[int, str] = {}
+    for number, line in _numbered_lines(file):
+        parts = line.strip().split("\t")
+        if len(parts) != 2:
+            raise CaptchalabError(f"{file}:{number}: expected '<image id><TAB><base64 image>'")
+        id_text, b64 = parts
+        if not _ID.fullmatch(id_text):
+            raise CaptchalabError(f"{file}:{number}: image id {id_text[:20]!r} is not a whole number")
+        image_id = int(id_text)
+        if image_id in images:
+            raise CaptchalabError(f"{file}:{number}: image id {image_id} appears twice")
+        _decode_b64(b64, f"{file}:{number}")
+        images[image_id] = b64
+    return images
+
+
+def _decode_b64(data: str | bytes, where: str) -> bytes:
+    """Decode standard or URL-safe base64 (Chinese-CLIP reads with ``urlsafe_b64decode``, which takes both)."""
+    try:
+        text = data.decode("ascii") if isinstance(data, bytes) else data
+        decoded = base64.b64decode(text.translate(_URLSAFE_TO_STANDARD), validate=True)
+    except (UnicodeDecodeError, ValueError, binascii.Error):
+        raise CaptchalabError(f"{where}: bad base64 image data") from None
+    if not decoded:
+        raise CaptchalabError(f"{where}: empty image data")
+    return decoded
+
+
+def _read_texts(file: Path, images: dict[int, str], tsv: Path) -> list[_Text]:
+    texts: list[_Text] = []
+    seen: set[int] = set()
+    for number, line in _numbered_lines(file):
+        record = _json_object(file, number, line)
+        text_id, text, image_ids = record.get("text_id"), record.get("text"), record.get("image_ids")
+        if not (_is_int(text_id) and isinstance(text, str) and isinstance(image_ids, list)
+                and all(_is_int(i) for i in image_ids)):
+            raise CaptchalabError(f'{file}:{number}: needs an integer "text_id", a string "text" and a list of '
+                                  'integer "image_ids"')
+        if text_id in seen:
+            raise CaptchalabError(f"{file}:{number}: text id {text_id} appears twice")
+        missing = [i for i in image_ids if i not in images]
+        if missing:
+            raise CaptchalabError(f"{file}:{number}: image id {missing[0]} is not in {tsv.name}")
+        seen.add(text_id)
+        texts.append(_Text(text_id, text, image_ids))
+    return texts
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _open_env(path: Path) -> lmdb.Environment:
+    if not path.is_dir():
+        raise CaptchalabError(f"{path}: no such LMDB folder")
+    try:
+        return lmdb.open(str(path), readonly=True, lock=False, create=False, readahead=False)
+    except lmdb.Error as exc:
+        raise CaptchalabError(f"{path}: not a readable LMDB environment ({exc})") from None
+
+
+def _count(txn: lmdb.Transaction, key: bytes, path: Path) -> int:
+    value = txn.get(key)
+    if value is None or not _ID.fullmatch(bytes(value).decode("ascii", "replace")):
+        raise CaptchalabError(f"{path}: no valid {key.decode()} entry; not a Chinese-CLIP LMDB")
+    return int(value)
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Loads only plain data (tuples, ints, strings): a pair never needs a class, so none is ever imported."""
+
+    def find_class(self, module: str, name: str) -> object:
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _pair(value: bytes | None, path: Path, index: int) -> tuple[int, str]:
+    """(image id, text) of a pickled ``(image_id, text_id, text)`` pair."""
+    if value is None:
+        raise CaptchalabError(f"{path}: pair {index} is missing")
+    try:
+        pair = _PlainUnpickler(io.BytesIO(value)).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError):  # what malformed pickles raise
+        pair = None
+    if not (isinstance(pair, tuple) and len(pair) == 3 and _is_int(pair[0]) and _is_int(pair[1])
+            and isinstance(pair[2], str)):
+        raise CaptchalabError(f"{path}: pair {index} is not a pickled (image_id, text_id, text)")
+    return pair[0], pair[2]
+
+
+def _folder_name(text: str, where: str) -> str:
+    if not text.strip() or text in (".", "..") or any(c in text for c in "/\\\0"):
+        raise CaptchalabError(f"{where}: text {text!r} cannot be a folder name")
+    return text
+
+
+def _extension(data: bytes, where: str) -> str:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image_format = image.format or ""
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        raise CaptchalabError(f"{where}: not a readable image") from None
+    return _EXTENSIONS.get(image_format, f".{image_format.lower() or 'bin'}")

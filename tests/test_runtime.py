@@ -1,0 +1,117 @@
+"""The onnxruntime path: no torch, thread safety, the Python API."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from captchalab.errors import CaptchalabError
+from captchalab.ocr import OcrReader, evaluate, load_reader
+from captchalab.runtime.bundle import default_bundle_path, load_bundle
+
+BLOCK_TORCH = textwrap.dedent("""
+    import sys
+    class BlockTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked in this test")
+    sys.meta_path.insert(0, BlockTorch())
+""")
+
+
+def _run_without_torch(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_runtime_reads_without_torch(tiny_bundle: Path, tiny_data: Path):
+    image = sorted(tiny_data.glob("*.png"))[0]
+    result = _run_without_torch(f"""
+        from captchalab.ocr import OcrReader
+        reading = OcrReader({str(tiny_bundle)!r}).read({str(image)!r})
+        assert "torch" not in sys.modules
+        print(reading.text)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == OcrReader(tiny_bundle).read(image).text
+
+
+def test_cli_predict_without_torch(tiny_bundle: Path, tiny_data: Path):
+    image = sorted(tiny_data.glob("*.png"))[0]
+    result = _run_without_torch(f"""
+        sys.argv = ["captchalab", "ocr", "predict", "--json", "--model", {str(tiny_bundle)!r}, {str(image)!r}]
+        from captchalab.cli import main
+        try:
+            main()
+        except SystemExit as exit:
+            assert not exit.code, exit.code
+        assert "torch" not in sys.modules
+    """)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["file"] == str(image)
+
+
+def test_training_without_torch_says_what_to_install(tiny_data: Path, tmp_path: Path):
+    result = _run_without_torch(f"""
+        sys.argv = ["captchalab", "ocr", "train", {str(tiny_data)!r}, "--out", {str(tmp_path / 'run')!r}]
+        from captchalab.cli import main
+        main()
+    """)
+    assert result.returncode == 2
+    assert "needs torch" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_one_reader_many_threads(tiny_bundle: Path, tiny_data: Path):
+    images = sorted(tiny_data.glob("*.png"))[:48]
+    reader = OcrReader(tiny_bundle, threads=1)
+    expected = [reader.read(p) for p in images]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(reader.read, images * 4))
+    assert got == expected * 4
+
+
+def test_batch_matches_single_reads(tiny_bundle: Path, tiny_data: Path):
+    images = sorted(tiny_data.glob("*.png"))[:20]
+    reader = OcrReader(tiny_bundle)
+    singles = [reader.read(p).text for p in images]
+    assert [r.text for r in reader.read_batch(images, batch_size=7)] == singles
+
+
+def test_evaluate_refuses_labels_outside_the_model_charset(tiny_bundle: Path, tmp_path: Path, tiny_data: Path):
+    source = sorted(tiny_data.glob("*.png"))[0]
+    (tmp_path / "0-AB.png").write_bytes(source.read_bytes())
+    with pytest.raises(CaptchalabError, match="cannot output"):
+        evaluate(tiny_bundle, tmp_path)
+
+
+def test_bundle_errors(tmp_path: Path, tiny_bundle: Path):
+    with pytest.raises(CaptchalabError, match="not a model bundle"):
+        load_bundle(tmp_path, "ocr")
+    with pytest.raises(CaptchalabError, match="not 'grid'"):
+        load_bundle(tiny_bundle, "grid")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{oops")
+    with pytest.raises(CaptchalabError, match="not valid JSON"):
+        load_bundle(broken, "ocr")
+    with pytest.raises(CaptchalabError, match="no such model bundle"):
+        load_reader(tmp_path / "missing")
+
+
+@pytest.mark.skipif(not (default_bundle_path("ocr") / "manifest.json").exists(), reason="no default bundle yet")
+def test_default_bundle_is_complete_and_reads():
+    from captchalab import ocr
+    from captchalab.data.generate import GenerateConfig, iter_samples
+    from captchalab.runtime.bundle import sha256_file
+
+    bundle = load_bundle("default", "ocr")
+    assert sha256_file(bundle.file("model")) == bundle.manifest["sha256"]["model.onnx"]
+    assert set(bundle.manifest["charset"]) == set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+    assert bundle.manifest["training"]["command"] and bundle.manifest["licenses"]
+    samples = list(iter_samples(GenerateConfig(charset="abcdefghijklmnopqrstuvwxyz0123456789", seed=424242), 50))
+    right = sum(ocr.read(image).text.lower() == label for label, image in samples)
+    assert right >= 45  # the benchmark measures >= 99% on thousands; this only guards against a broken bundle
