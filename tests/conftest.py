@@ -12,11 +12,17 @@ import pytest
 os.environ.setdefault("CAPTCHALAB_PROGRESS", "0")
 
 
-def run_cli(*args: str, input: bytes | None = None, check: bool = True, timeout: float = 300,
-            env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, input: bytes | None = None, check: bool = True, timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run the real ``captchalab`` entry point in a subprocess; returns the completed process (text output)."""
-    process = subprocess.run([sys.executable, "-m", "captchalab", *args], input=input, capture_output=True,
-                             timeout=timeout, env={**os.environ, **(env or {})})
+    process = subprocess.run(
+        [sys.executable, "-m", "captchalab", *args],
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     process.stdout_text = process.stdout.decode("utf-8", "replace")  # type: ignore[attr-defined]
     process.stderr_text = process.stderr.decode("utf-8", "replace")  # type: ignore[attr-defined]
     if check and process.returncode != 0:
@@ -30,8 +36,11 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from captchalab.data.generate import GenerateConfig, generate
 
     out = tmp_path_factory.mktemp("tiny-data")
-    generate(out, 160, GenerateConfig(charset="0123456789", min_length=3, max_length=4, width=80, height=32,
-                                      style="mixed", seed=7))
+    generate(
+        out,
+        160,
+        GenerateConfig(charset="0123456789", min_length=3, max_length=4, width=80, height=32, style="mixed", seed=7),
+    )
     return out
 
 
@@ -39,8 +48,9 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ctc run trained for two epochs through the CLI."""
     run = tmp_path_factory.mktemp("runs") / "ctc"
-    run_cli("ocr", "train", str(tiny_data), "--out", str(run), "--max-epochs", "2", "--batch-size", "32",
-            "--size", "48x16")
+    run_cli(
+        "ocr", "train", str(tiny_data), "--out", str(run), "--max-epochs", "2", "--batch-size", "32", "--size", "48x16"
+    )
     return run
 
 

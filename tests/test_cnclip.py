@@ -101,8 +101,10 @@ def test_split_is_stratified_and_small_labels_stay_in_train(cells, tmp_path):
     root, _ = cells
     _make_cells(root, labels=("鸟",), per_label=1, seed=9)
     build_dataset(root, tmp_path / "ds", ratios=(0.8, 0.1, 0.1), seed=5)
-    counts = {split: {r["text"]: len(r["image_ids"]) for r in _jsonl(tmp_path / "ds" / f"{split}_texts.jsonl")}
-              for split in SPLITS}
+    counts = {
+        split: {r["text"]: len(r["image_ids"]) for r in _jsonl(tmp_path / "ds" / f"{split}_texts.jsonl")}
+        for split in SPLITS
+    }
     assert counts["train"] == {"猫": 6, "狗": 6, "汽车": 6, "鸟": 1}
     assert counts["valid"] == counts["test"] == {"猫": 1, "狗": 1, "汽车": 1}
 
@@ -126,12 +128,17 @@ def test_lmdb_round_trip_and_raw_layout(cells, tmp_path):
         cells_read = read_split(tmp_path / "ds", split)
         assert cells_read and read_lmdb_split(tmp_path / "ds" / "lmdb" / split) == cells_read
         images = _tsv(tmp_path / "ds" / f"{split}_imgs.tsv")
-        pairs = [(i, r["text_id"], r["text"]) for r in _jsonl(tmp_path / "ds" / f"{split}_texts.jsonl")
-                 for i in r["image_ids"]]
+        pairs = [
+            (i, r["text_id"], r["text"])
+            for r in _jsonl(tmp_path / "ds" / f"{split}_texts.jsonl")
+            for i in r["image_ids"]
+        ]
         env = lmdb.open(str(tmp_path / "ds" / "lmdb" / split / "imgs"), readonly=True, lock=False)
         with env.begin() as txn:
-            assert dict(txn.cursor()) == {**{str(i).encode("utf-8"): b64.encode("utf-8") for i, b64 in images.items()},
-                                          b"num_images": str(len(images)).encode("utf-8")}
+            assert dict(txn.cursor()) == {
+                **{str(i).encode("utf-8"): b64.encode("utf-8") for i, b64 in images.items()},
+                b"num_images": str(len(images)).encode("utf-8"),
+            }
         env.close()
         env = lmdb.open(str(tmp_path / "ds" / "lmdb" / split / "pairs"), readonly=True, lock=False)
         with env.begin() as txn:
@@ -145,13 +152,18 @@ def test_lmdb_round_trip_and_raw_layout(cells, tmp_path):
 def test_jsonl_input(tmp_path):
     originals = _make_cells(tmp_path / "imgs", labels=("猫", "狗"), per_label=6)
     files = sorted((tmp_path / "imgs").rglob("*.*"))
-    lines = [{"image": str(p) if n == 0 else p.relative_to(tmp_path).as_posix(), "text": p.parent.name}
-             for n, p in enumerate(files)]
+    lines = [
+        {"image": str(p) if n == 0 else p.relative_to(tmp_path).as_posix(), "text": p.parent.name}
+        for n, p in enumerate(files)
+    ]
     labels = tmp_path / "labels.jsonl"
     labels.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n\n", encoding="utf-8")
     summary = build_dataset(labels, tmp_path / "ds", ratios=(4, 1, 1))
-    assert summary["splits"] == {"train": {"images": 8, "texts": 2}, "valid": {"images": 2, "texts": 2},
-                                 "test": {"images": 2, "texts": 2}}
+    assert summary["splits"] == {
+        "train": {"images": 8, "texts": 2},
+        "valid": {"images": 2, "texts": 2},
+        "test": {"images": 2, "texts": 2},
+    }
     got = {(c.text, c.image_bytes) for split in SPLITS for c in read_split(tmp_path / "ds", split)}
     assert got == {(label, data) for data, label in originals.items()}
 
@@ -175,8 +187,10 @@ def test_unlabelled_images_are_left_out_of_read_split(tmp_path):
     Image.new("RGB", (4, 4), "red").save(png)
     b64 = base64.b64encode(png.read_bytes()).decode()
     (tmp_path / "test_imgs.tsv").write_text(f"7\t{b64}\n8\t{b64}\n", encoding="utf-8")
-    (tmp_path / "test_texts.jsonl").write_text('{"text_id": 1, "text": "猫", "image_ids": [8]}\n'
-                                               '{"text_id": 2, "text": "狗", "image_ids": []}\n', encoding="utf-8")
+    (tmp_path / "test_texts.jsonl").write_text(
+        '{"text_id": 1, "text": "猫", "image_ids": [8]}\n{"text_id": 2, "text": "狗", "image_ids": []}\n',
+        encoding="utf-8",
+    )
     assert [(c.image_id, c.text) for c in read_split(tmp_path, "test")] == [(8, "猫")]
 
 
@@ -186,8 +200,10 @@ def test_build_lmdb_from_a_hand_made_chinese_clip_dataset(tmp_path):
     b64 = base64.urlsafe_b64encode(data).decode()
     assert "-" in b64 and "_" in b64
     (tmp_path / "test_imgs.tsv").write_text(f"5\t{b64}\n6\t{b64}\n", encoding="utf-8")
-    (tmp_path / "test_texts.jsonl").write_text('{"text_id": 9, "text": "汽车", "image_ids": [6, 5]}\n'
-                                               '{"text_id": 10, "text": "猫", "image_ids": []}\n', encoding="utf-8")
+    (tmp_path / "test_texts.jsonl").write_text(
+        '{"text_id": 9, "text": "汽车", "image_ids": [6, 5]}\n{"text_id": 10, "text": "猫", "image_ids": []}\n',
+        encoding="utf-8",
+    )
     lmdb_dir = build_lmdb(tmp_path, splits=["test"])
     expected = [(6, "汽车", data), (5, "汽车", data)]
     assert [(c.image_id, c.text, c.image_bytes) for c in read_lmdb_split(lmdb_dir / "test")] == expected
@@ -297,8 +313,18 @@ class _CallsInt:
         return int, (self.text,)
 
 
-@pytest.mark.parametrize("value", ["calls int", pickle.dumps((Path("x"), 1, "猫")), b"not a pickle", b"",
-                                   b"Ixyz\n.", b"}]K\x01s.", pickle.dumps((1, "猫"))])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "calls int",
+        pickle.dumps((Path("x"), 1, "猫")),
+        b"not a pickle",
+        b"",
+        b"Ixyz\n.",
+        b"}]K\x01s.",
+        pickle.dumps((1, "猫")),
+    ],
+)
 def test_bad_lmdb_pair_is_refused_without_running_code(cells, tmp_path, value):
     build_dataset(cells[0], tmp_path / "ds", lmdb=True)
     image_id = next(iter(_tsv(tmp_path / "ds" / "valid_imgs.tsv")))
@@ -319,8 +345,9 @@ def test_image_outside_a_label_folder(cells, tmp_path):
 
 def test_jsonl_lists_an_image_twice(cells, tmp_path):
     labels = cells[0] / "labels.jsonl"
-    labels.write_text('{"image": "猫/001.png", "text": "猫"}\n{"image": "./猫/001.png", "text": "狗"}\n',
-                      encoding="utf-8")
+    labels.write_text(
+        '{"image": "猫/001.png", "text": "猫"}\n{"image": "./猫/001.png", "text": "狗"}\n', encoding="utf-8"
+    )
     assert "line 1" in _raises(f"{labels}:2", lambda: build_dataset(labels, tmp_path / "ds"))
 
 

@@ -13,19 +13,19 @@ def _log_probs(steps: list[int], classes: int = 4) -> np.ndarray:
 
 def test_ctc_greedy_merges_repeats_and_drops_blanks():
     # classes: 0 blank, 1 'a', 2 'b', 3 'c'
-    (text, conf), = decode(_log_probs([1, 1, 0, 1, 2, 2, 0, 0, 3]), "abc", "ctc-greedy")
+    ((text, conf),) = decode(_log_probs([1, 1, 0, 1, 2, 2, 0, 0, 3]), "abc", "ctc-greedy")
     assert text == "aabc"
     assert 0.0 < conf < 1.0
 
 
 def test_fixed_decoder_keeps_repeats_and_drops_padding():
-    (text, _), = decode(_log_probs([1, 1, 3, 0]), "abc", "fixed")
+    ((text, _),) = decode(_log_probs([1, 1, 3, 0]), "abc", "fixed")
     assert text == "aac"
 
 
 def test_confidence_is_path_probability():
     lp = np.log(np.array([[[0.1, 0.9], [0.8, 0.2]]], dtype=np.float32))
-    (_, conf), = decode(lp, "x", "ctc-greedy")
+    ((_, conf),) = decode(lp, "x", "ctc-greedy")
     assert conf == pytest.approx(0.9 * 0.8, rel=1e-5)
 
 

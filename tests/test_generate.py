@@ -28,8 +28,11 @@ def test_different_seed_different_images(tmp_path):
 
 
 def test_files_carry_their_label_and_size(tmp_path):
-    names = generate(tmp_path, 20, GenerateConfig(charset="XYZ", min_length=4, max_length=6, width=120, height=40,
-                                                  style="mixed", seed=3))
+    names = generate(
+        tmp_path,
+        20,
+        GenerateConfig(charset="XYZ", min_length=4, max_length=6, width=120, height=40, style="mixed", seed=3),
+    )
     assert names[0].startswith("00000-") and len(names) == 20
     for name in names:
         label = label_from_filename(name)

@@ -19,6 +19,7 @@ def _png_bytes(size=(20, 10)) -> bytes:
 
 def _huge_png_header(width: int, height: int) -> bytes:
     """A PNG that claims to be width x height; only the header is valid (decoding it would be the bomb)."""
+
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
@@ -29,17 +30,25 @@ def _huge_png_header(width: int, height: int) -> bytes:
 def test_loads_paths_bytes_arrays_and_images(tmp_path):
     data = _png_bytes()
     (tmp_path / "a.png").write_bytes(data)
-    for source in (tmp_path / "a.png", str(tmp_path / "a.png"), data, Image.open(io.BytesIO(data)),
-                   np.zeros((10, 20, 3), np.uint8)):
+    for source in (
+        tmp_path / "a.png",
+        str(tmp_path / "a.png"),
+        data,
+        Image.open(io.BytesIO(data)),
+        np.zeros((10, 20, 3), np.uint8),
+    ):
         image = load_image(source)
         assert image.mode == "RGB" and image.size == (20, 10)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "empty"),
-    (b"this is a text file", "not a readable image"),
-    (_png_bytes((64, 64))[:5000], "corrupt or truncated"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty"),
+        (b"this is a text file", "not a readable image"),
+        (_png_bytes((64, 64))[:5000], "corrupt or truncated"),
+    ],
+)
 def test_bad_files_give_one_clear_line_naming_the_file(tmp_path, content, message):
     path = tmp_path / "bad.png"
     path.write_bytes(content)

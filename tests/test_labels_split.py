@@ -8,8 +8,10 @@ from captchalab.data.split import parse_ratios, split_keys
 from captchalab.errors import CaptchalabError
 
 
-@pytest.mark.parametrize("name, label", [("00042-R865.png", "R865"), ("a-b-XY12.jpg", "XY12"),
-                                         ("R865_0042.png", "R865"), ("abcd.png", "abcd")])
+@pytest.mark.parametrize(
+    "name, label",
+    [("00042-R865.png", "R865"), ("a-b-XY12.jpg", "XY12"), ("R865_0042.png", "R865"), ("abcd.png", "abcd")],
+)
 def test_label_from_filename(name, label):
     assert label_from_filename(name) == label
 
@@ -36,8 +38,10 @@ def test_tsv_and_jsonl_labels(tmp_path):
     assert item.label == "CD" and item.path == tmp_path / "img" / "one.png"
 
 
-@pytest.mark.parametrize("content, file", [("img.png AB\n", "bad.tsv"), ("{not json\n", "bad.jsonl"),
-                                           ('{"image": "x.png"}\n', "nolabel.jsonl")])
+@pytest.mark.parametrize(
+    "content, file",
+    [("img.png AB\n", "bad.tsv"), ("{not json\n", "bad.jsonl"), ('{"image": "x.png"}\n', "nolabel.jsonl")],
+)
 def test_malformed_label_files_name_the_line(tmp_path, content, file):
     (tmp_path / file).write_text(content)
     with pytest.raises(CaptchalabError, match=f"{file}:1"):

@@ -1,6 +1,7 @@
 """The OCR commands through the real entry point, on tiny generated data."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -25,8 +26,19 @@ def test_train_writes_every_run_file(tiny_run: Path):
 
 
 def test_split_is_reproducible_across_runs(tiny_data: Path, tiny_run: Path, tmp_path: Path):
-    run_cli("ocr", "train", str(tiny_data), "--out", str(tmp_path / "again"), "--max-epochs", "1",
-            "--batch-size", "64", "--size", "48x16")
+    run_cli(
+        "ocr",
+        "train",
+        str(tiny_data),
+        "--out",
+        str(tmp_path / "again"),
+        "--max-epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--size",
+        "48x16",
+    )
     assert (tmp_path / "again" / "split.json").read_text() == (tiny_run / "split.json").read_text()
 
 
@@ -51,8 +63,9 @@ def test_eval_bundle_and_run_agree(tiny_bundle: Path, tiny_run: Path, tiny_data:
 
 def test_predict_json_files_folders_and_stdin(tiny_bundle: Path, tiny_data: Path):
     first = sorted(tiny_data.glob("*.png"))[0]
-    out = run_cli("ocr", "predict", "--model", str(tiny_bundle), "--json", str(first), "-",
-                  input=first.read_bytes()).stdout_text.splitlines()
+    out = run_cli(
+        "ocr", "predict", "--model", str(tiny_bundle), "--json", str(first), "-", input=first.read_bytes()
+    ).stdout_text.splitlines()
     rows = [json.loads(line) for line in out]
     assert [r["file"] for r in rows] == [str(first), "<stdin>"]
     assert rows[0]["text"] == rows[1]["text"] and 0.0 <= rows[0]["confidence"] <= 1.0
@@ -78,17 +91,20 @@ def test_interactive_prompt_loop(tiny_bundle: Path, tiny_data: Path):
     assert "confidence" in result.stdout_text and "missing.png: no such file" in result.stderr_text
 
 
-@pytest.mark.parametrize("args, message", [
-    (["ocr", "train", "{tmp}/nothing", "--out", "{tmp}/run"], "no such file or folder"),
-    (["ocr", "train", "{tmp}/empty", "--out", "{tmp}/run"], "no labelled images"),
-    (["ocr", "train", "{tmp}/few", "--out", "{tmp}/run"], "too small to split"),
-    (["ocr", "train", "{data}", "--out", "{tmp}/run", "--charset", "0123"], "outside the charset"),
-    (["ocr", "train", "{data}", "--out", "{tmp}/run", "--resume"], "nothing to resume"),
-    (["ocr", "train", "{data}", "--out", "{tmp}/run", "--arch", "vit"], "unknown --arch"),
-    (["ocr", "eval", "{tmp}/nothing", "{data}"], "no such model bundle"),
-    (["ocr", "predict", "--model", "{tmp}/empty", "x.png"], "neither a model bundle"),
-    (["ocr", "generate", "{tmp}/gen", "--length", "x"], "bad --length"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["ocr", "train", "{tmp}/nothing", "--out", "{tmp}/run"], "no such file or folder"),
+        (["ocr", "train", "{tmp}/empty", "--out", "{tmp}/run"], "no labelled images"),
+        (["ocr", "train", "{tmp}/few", "--out", "{tmp}/run"], "too small to split"),
+        (["ocr", "train", "{data}", "--out", "{tmp}/run", "--charset", "0123"], "outside the charset"),
+        (["ocr", "train", "{data}", "--out", "{tmp}/run", "--resume"], "nothing to resume"),
+        (["ocr", "train", "{data}", "--out", "{tmp}/run", "--arch", "vit"], "unknown --arch"),
+        (["ocr", "eval", "{tmp}/nothing", "{data}"], "no such model bundle"),
+        (["ocr", "predict", "--model", "{tmp}/empty", "x.png"], "neither a model bundle"),
+        (["ocr", "generate", "{tmp}/gen", "--length", "x"], "bad --length"),
+    ],
+)
 def test_user_errors_are_one_line_exit_2(args, message, tmp_path: Path, tiny_data: Path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "few").mkdir()
@@ -116,8 +132,7 @@ def test_corrupt_training_images_are_skipped_with_one_warning(tiny_data: Path, t
         (data / path.name).write_bytes(path.read_bytes())
     (data / "99990-123.png").write_bytes(b"")
     (data / "99991-456.png").write_bytes(b"garbage")
-    result = run_cli("ocr", "train", str(data), "--out", str(tmp_path / "run"), "--max-epochs", "1",
-                     "--size", "48x16")
+    result = run_cli("ocr", "train", str(data), "--out", str(tmp_path / "run"), "--max-epochs", "1", "--size", "48x16")
     warnings = [line for line in result.stderr_text.splitlines() if "skipped 2 unreadable" in line]
     assert len(warnings) == 1 and "99990-123.png" in warnings[0] and "99991-456.png" in warnings[0]
 
@@ -125,8 +140,24 @@ def test_corrupt_training_images_are_skipped_with_one_warning(tiny_data: Path, t
 @pytest.mark.slow
 def test_resume_after_kill_9_loses_no_epoch(tiny_data: Path, tmp_path: Path):
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "captchalab", "ocr", "train", str(tiny_data), "--out", str(run),
-            "--max-epochs", "6", "--patience", "50", "--batch-size", "16", "--size", "48x16"]
+    args = [
+        sys.executable,
+        "-m",
+        "captchalab",
+        "ocr",
+        "train",
+        str(tiny_data),
+        "--out",
+        str(run),
+        "--max-epochs",
+        "6",
+        "--patience",
+        "50",
+        "--batch-size",
+        "16",
+        "--size",
+        "48x16",
+    ]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "last.pt").exists():
@@ -146,11 +177,61 @@ def test_resume_after_kill_9_loses_no_epoch(tiny_data: Path, tmp_path: Path):
 @pytest.mark.slow
 def test_resnet18_fixed_trains_and_exports(tiny_data: Path, tmp_path: Path):
     run, bundle = tmp_path / "run", tmp_path / "bundle"
-    run_cli("ocr", "train", str(tiny_data), "--out", str(run), "--arch", "resnet18-fixed", "--max-epochs", "1",
-            "--batch-size", "32", "--size", "32x16")
+    run_cli(
+        "ocr",
+        "train",
+        str(tiny_data),
+        "--out",
+        str(run),
+        "--arch",
+        "resnet18-fixed",
+        "--max-epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--size",
+        "32x16",
+    )
     run_cli("ocr", "export", str(run), "--out", str(bundle))
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["decoder"] == "fixed" and manifest["arch"] == "resnet18-fixed" and manifest["max_length"] == 4
     assert manifest["preprocess"]["channels"] == 3
     out = run_cli("ocr", "predict", "--model", str(bundle), "--json", str(sorted(tiny_data.glob("*.png"))[0]))
     assert json.loads(out.stdout_text)["text"] is not None
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_one_run(tiny_data: Path, tmp_path: Path):
+    """Two CPU processes (gloo) under torchrun: one split, one set of checkpoints, the same report format."""
+    run = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "captchalab",
+        "ocr",
+        "train",
+        str(tiny_data),
+        "--out",
+        str(run),
+        "--max-epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--size",
+        "48x16",
+        "--device",
+        "cpu",
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / "log.csv").read_text().count("\n") == 3
+    report = json.loads((run / "report.json").read_text())
+    assert report["epochs_run"] == 2 and report["images"] == 16

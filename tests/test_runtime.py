@@ -24,8 +24,9 @@ BLOCK_TORCH = textwrap.dedent("""
 
 
 def _run_without_torch(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_runtime_reads_without_torch(tiny_bundle: Path, tiny_data: Path):
@@ -57,7 +58,7 @@ def test_cli_predict_without_torch(tiny_bundle: Path, tiny_data: Path):
 
 def test_training_without_torch_says_what_to_install(tiny_data: Path, tmp_path: Path):
     result = _run_without_torch(f"""
-        sys.argv = ["captchalab", "ocr", "train", {str(tiny_data)!r}, "--out", {str(tmp_path / 'run')!r}]
+        sys.argv = ["captchalab", "ocr", "train", {str(tiny_data)!r}, "--out", {str(tmp_path / "run")!r}]
         from captchalab.cli import main
         main()
     """)

@@ -18,8 +18,9 @@ def edit_distance(a: str, b: str) -> int:
     return previous[-1]
 
 
-def ocr_report(predictions: Sequence[str], labels: Sequence[str], case_sensitive: bool = True,
-               top_confusions: int = 10) -> dict:
+def ocr_report(
+    predictions: Sequence[str], labels: Sequence[str], case_sensitive: bool = True, top_confusions: int = 10
+) -> dict:
     """Whole-string accuracy, per-character accuracy (1 - character error rate) and the most confused pairs."""
     if len(predictions) != len(labels):
         raise ValueError("predictions and labels differ in length")
@@ -40,5 +41,7 @@ def ocr_report(predictions: Sequence[str], labels: Sequence[str], case_sensitive
         "exact_accuracy": exact / n,
         "char_accuracy": 1.0 - errors / max(total_chars, 1),
         "case_sensitive": case_sensitive,
-        "top_confusions": [{"true": t, "predicted": p, "count": c} for (t, p), c in confusions.most_common(top_confusions)],
+        "top_confusions": [
+            {"true": t, "predicted": p, "count": c} for (t, p), c in confusions.most_common(top_confusions)
+        ],
     }

@@ -8,7 +8,6 @@ import io
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -19,7 +18,7 @@ from captchalab.errors import CaptchalabError
 MAX_PIXELS = 25_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
-ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 
 def load_image(source: ImageInput, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:

@@ -1,7 +1,7 @@
 """Python API for text captchas (mirrors ``captchalab ocr``). Importing it does not import torch.
 
-    >>> from captchalab import ocr
-    >>> ocr.read("00042-R865.png").text
+>>> from captchalab import ocr
+>>> ocr.read("00042-R865.png").text
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ def expand_paths(paths: Sequence[str], stdin: BinaryIO | None = None) -> Iterato
             yield item, item
 
 
-def evaluate(model: str | os.PathLike, data: str | os.PathLike, case_sensitive: bool = True,
-             batch_size: int = 256) -> dict:
+def evaluate(
+    model: str | os.PathLike, data: str | os.PathLike, case_sensitive: bool = True, batch_size: int = 256
+) -> dict:
     """Score ``model`` on a labelled folder / labels file; unreadable images are skipped and listed."""
     reader = load_reader(model)
     items = read_labelled_images(data)
@@ -63,12 +64,13 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike, case_sensitive: 
     for item in items:
         outside = sorted(set(item.label) - charset)
         if outside:
-            raise CaptchalabError(f"{item.path}: label {item.label!r} has characters the model cannot output: "
-                                  f"{''.join(outside)!r}")
+            raise CaptchalabError(
+                f"{item.path}: label {item.label!r} has characters the model cannot output: {''.join(outside)!r}"
+            )
     predictions, labels, skipped = [], [], []
     for start in range(0, len(items), batch_size):
         images, chunk_labels = [], []
-        for item in items[start:start + batch_size]:
+        for item in items[start : start + batch_size]:
             try:
                 images.append(load_image(item.path))
                 chunk_labels.append(item.label)

@@ -10,15 +10,23 @@ import typer
 from captchalab.cli.ocr import app as ocr_app
 from captchalab.errors import CaptchalabError
 
-app = typer.Typer(help="Recognise CAPTCHA-like images with models you can train yourself.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="Recognise CAPTCHA-like images with models you can train yourself.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 app.add_typer(ocr_app, name="ocr")
 
 
 @app.callback()
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging.")) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s",
-                        stream=sys.stderr, force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
     for noisy in ("matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -26,8 +26,9 @@ def generate(
     out: Path = typer.Argument(..., help="Folder to write NNNNN-<label>.png files into."),
     count: int = typer.Option(1000, "--count", "-n", help="How many captchas."),
     style: str = typer.Option("captcha", help="captcha (PyPI captcha library), builtin (our renderer) or mixed."),
-    charset: str = typer.Option("alnum", help="Preset names joined by + (digits, lower, upper, alpha, alnum) "
-                                              "or literal characters."),
+    charset: str = typer.Option(
+        "alnum", help="Preset names joined by + (digits, lower, upper, alpha, alnum) or literal characters."
+    ),
     length: str = typer.Option("4", help="Label length: 4, or a range such as 4-6."),
     size: str = typer.Option("160x60", help="Image size WIDTHxHEIGHT."),
     seed: int = typer.Option(0, help="Same seed, same images."),
@@ -36,7 +37,8 @@ def generate(
 ) -> None:
     """Write seeded, reproducible captchas with the label in the file name."""
     from captchalab.data.charset import parse_charset_spec
-    from captchalab.data.generate import GenerateConfig, generate as run, parse_length, parse_size
+    from captchalab.data.generate import GenerateConfig, parse_length, parse_size
+    from captchalab.data.generate import generate as run
 
     low, high = parse_length(length)
     width, height = parse_size(size)
@@ -52,18 +54,19 @@ def train(
     arch: str = typer.Option("ctc", help="ctc (fast, variable length; default) or resnet18-fixed (the article's)."),
     patience: int = typer.Option(20, help="Stop after this many epochs without a better validation accuracy."),
     max_epochs: int = typer.Option(100, help="Upper bound on epochs."),
+    max_minutes: float | None = typer.Option(None, help="Stop after the epoch that crosses this training time."),
     batch_size: int = typer.Option(128),
     lr: float = typer.Option(1e-3, help="Adam(W) learning rate."),
     schedule: str = typer.Option("plateau", help="plateau (halve lr when validation stalls) or cosine."),
     seed: int = typer.Option(0, help="Seed of the split, the initialisation and the batch order."),
     split: str = typer.Option("0.8,0.1,0.1", help="train,valid,test ratios."),
     case_insensitive: bool = typer.Option(False, "--case-insensitive", help="Fold labels to lower case."),
-    charset: Optional[str] = typer.Option(None, help="Fix the charset (default: derived from the labels)."),
-    size: Optional[str] = typer.Option(None, help="Model input WIDTHxHEIGHT (default: the arch's own)."),
-    gray: Optional[bool] = typer.Option(None, "--gray/--rgb", help="Input colour (default: the arch's own)."),
+    charset: str | None = typer.Option(None, help="Fix the charset (default: derived from the labels)."),
+    size: str | None = typer.Option(None, help="Model input WIDTHxHEIGHT (default: the arch's own)."),
+    gray: bool | None = typer.Option(None, "--gray/--rgb", help="Input colour (default: the arch's own)."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random shifts and contrast while training."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    workers: Optional[int] = typer.Option(None, help="Processes for the one-off preprocessing cache."),
+    workers: int | None = typer.Option(None, help="Processes for the one-off preprocessing cache."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out after its last finished epoch."),
 ) -> None:
     """Train an OCR model; writes RUN/report.json, log.csv, accuracy.png, best.pt."""
@@ -75,13 +78,29 @@ def train(
 
     width, height = parse_size(size) if size else (None, None)
     opts = OcrTrainOptions(
-        arch=arch, patience=patience, max_epochs=max_epochs, batch_size=batch_size, lr=lr, schedule=schedule,
-        seed=seed, ratios=parse_ratios(split), case_sensitive=not case_insensitive,
-        charset=parse_charset_spec(charset) if charset else None, height=height, width=width,
-        channels=None if gray is None else (1 if gray else 3), augment=augment, device=device, workers=workers)
-    report = train_ocr(data, out, opts, resume=resume)
-    typer.echo(f"test: exact {report['exact_accuracy']:.4f}, per-char {report['char_accuracy']:.4f} on "
-               f"{report['images']} images (best epoch {report['best_epoch']}); report in {out / 'report.json'}")
+        arch=arch,
+        patience=patience,
+        max_epochs=max_epochs,
+        max_minutes=max_minutes,
+        batch_size=batch_size,
+        lr=lr,
+        schedule=schedule,
+        seed=seed,
+        ratios=parse_ratios(split),
+        case_sensitive=not case_insensitive,
+        charset=parse_charset_spec(charset) if charset else None,
+        height=height,
+        width=width,
+        channels=None if gray is None else (1 if gray else 3),
+        augment=augment,
+        device=device,
+        workers=workers,
+    )
+    report = train_ocr(data, out, opts, resume=resume, command=shlex.join(["captchalab", *sys.argv[1:]]))
+    typer.echo(
+        f"test: exact {report['exact_accuracy']:.4f}, per-char {report['char_accuracy']:.4f} on "
+        f"{report['images']} images (best epoch {report['best_epoch']}); report in {out / 'report.json'}"
+    )
 
 
 @app.command("export")
@@ -89,24 +108,37 @@ def export_cmd(
     run: Path = typer.Argument(..., help="A training run folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write (model.onnx + manifest.json)."),
     int8: bool = typer.Option(False, "--int8", help="Quantise to int8 (refused if test accuracy drops)."),
-    data_statement: Optional[str] = typer.Option(None, help="What the model was trained on, for the manifest."),
+    data_statement: str | None = typer.Option(None, help="What the model was trained on, for the manifest."),
+    training_command: str | None = typer.Option(None, help="How it was trained (default: the recorded command)."),
+    licenses: Path | None = typer.Option(None, help="JSON list of {name, license, use} credits for the manifest."),
 ) -> None:
     """Export to ONNX; the test split must decode identically through torch and ONNX."""
     _need_torch("ocr export")
     from captchalab.export.ocr import export_ocr
 
-    manifest = export_ocr(run, out, int8=int8, training_data=data_statement)
+    credits = None
+    if licenses:
+        try:
+            credits = json.loads(licenses.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CaptchalabError(f"{licenses}: not a readable JSON list ({exc})") from None
+    manifest = export_ocr(
+        run, out, int8=int8, training_data=data_statement, training_command=training_command, licenses=credits
+    )
     test = manifest["metrics"]["test"]
-    typer.echo(f"exported {out} ({manifest['precision']}): test exact {test['exact_accuracy']:.4f}, "
-               f"parity on {manifest['metrics']['parity']['images']} images")
+    typer.echo(
+        f"exported {out} ({manifest['precision']}): test exact {test['exact_accuracy']:.4f}, "
+        f"parity on {manifest['metrics']['parity']['images']} images"
+    )
 
 
 @app.command("eval")
 def eval_cmd(
     model: str = typer.Argument(..., help="'default', a bundle folder or a training run folder."),
     data: Path = typer.Argument(..., help="Folder of labelled images or a .tsv / .jsonl labels file."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the JSON report "
-                                                                   "(default: eval-report.json beside the data)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Where to write the JSON report (default: eval-report.json beside the data)."
+    ),
     case_insensitive: bool = typer.Option(False, "--case-insensitive", help="Compare ignoring case."),
 ) -> None:
     """Score a model on labelled images: exact and per-character accuracy, most confused pairs."""
@@ -115,14 +147,17 @@ def eval_cmd(
     report = evaluate(model, data, case_sensitive=not case_insensitive)
     target = out or (data if data.is_dir() else data.parent) / "eval-report.json"
     target.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
-    typer.echo(f"exact {report['exact_accuracy']:.4f}, per-char {report['char_accuracy']:.4f} on "
-               f"{report['images']} images; report in {target}")
+    typer.echo(
+        f"exact {report['exact_accuracy']:.4f}, per-char {report['char_accuracy']:.4f} on "
+        f"{report['images']} images; report in {target}"
+    )
 
 
 @app.command()
 def predict(
-    paths: list[str] = typer.Argument(None, help="Images or folders; '-' reads one image from stdin. "
-                                                 "None: interactive prompt."),
+    paths: list[str] = typer.Argument(
+        None, help="Images or folders; '-' reads one image from stdin. None: interactive prompt."
+    ),
     model: str = typer.Option("default", "--model", "-m", help="'default', a bundle folder or a run folder."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image."),
 ) -> None:
@@ -142,8 +177,11 @@ def predict(
             typer.echo(f"error: {exc}", err=True)
             continue
         if as_json:
-            typer.echo(json.dumps({"file": name, "text": reading.text, "confidence": round(reading.confidence, 4)},
-                                  ensure_ascii=False))
+            typer.echo(
+                json.dumps(
+                    {"file": name, "text": reading.text, "confidence": round(reading.confidence, 4)}, ensure_ascii=False
+                )
+            )
         else:
             typer.echo(f"{name}\t{reading.text}\t{reading.confidence:.3f}")
     if failed:

@@ -47,8 +47,9 @@ def _fingerprint(items: list[LabelledImage], spec: Preprocess) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_cache(items: list[LabelledImage], spec: Preprocess, cache_dir: Path, name: str,
-                workers: int | None = None) -> CachedSplit:
+def build_cache(
+    items: list[LabelledImage], spec: Preprocess, cache_dir: Path, name: str, workers: int | None = None
+) -> CachedSplit:
     """Preprocess ``items`` into ``cache_dir/<name>-<fingerprint>.npy`` (reused when files are unchanged)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     stem = cache_dir / f"{name}-{_fingerprint(items, spec)}"
@@ -59,8 +60,12 @@ def build_cache(items: list[LabelledImage], spec: Preprocess, cache_dir: Path, n
 
     workers = workers or min(4, os.cpu_count() or 1)
     jobs = [(str(item.path), spec.to_dict()) for item in items]
-    out = np.lib.format.open_memmap(str(array_path) + ".tmp.npy", mode="w+", dtype=np.uint8,
-                                    shape=(len(items), spec.height, spec.width, spec.channels))
+    out = np.lib.format.open_memmap(
+        str(array_path) + ".tmp.npy",
+        mode="w+",
+        dtype=np.uint8,
+        shape=(len(items), spec.height, spec.width, spec.channels),
+    )
     kept: list[int] = []
     skipped: list[str] = []
     with ProcessPoolExecutor(workers) as pool:

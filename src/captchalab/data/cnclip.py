@@ -82,8 +82,9 @@ class _Text:
 # ---------------------------------------------------------------------------------------------- building
 
 
-def build_dataset(cells: str | Path, out: str | Path, ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
-                  lmdb: bool = False) -> dict:
+def build_dataset(
+    cells: str | Path, out: str | Path, ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, lmdb: bool = False
+) -> dict:
     """Write a Chinese-CLIP dataset (TSV + JSONL per split, LMDB too with ``lmdb``) into ``out``.
 
     The split is stratified: each label's images, sorted by path, are shuffled with
@@ -110,8 +111,10 @@ def build_dataset(cells: str | Path, out: str | Path, ratios: Sequence[float] = 
         "seed": seed,
         "ratios": list(weights),
         "labels": labels,
-        "splits": {split: {"images": len(splits[split]), "texts": len({i.source.text for i in splits[split]})}
-                   for split in SPLITS},
+        "splits": {
+            split: {"images": len(splits[split]), "texts": len({i.source.text for i in splits[split]})}
+            for split in SPLITS
+        },
         "skipped": [source.key for source in skipped],
         "lmdb": lmdb,
     }
@@ -125,8 +128,9 @@ def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
     except (TypeError, ValueError):
         values = ()
     if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or values[0] <= 0:
-        raise CaptchalabError(f"bad split ratios {tuple(ratios)!r}: use three numbers >= 0 with train > 0, "
-                              "such as (0.8, 0.1, 0.1)")
+        raise CaptchalabError(
+            f"bad split ratios {tuple(ratios)!r}: use three numbers >= 0 with train > 0, such as (0.8, 0.1, 0.1)"
+        )
     total = sum(values)
     return values[0] / total, values[1] / total, values[2] / total
 
@@ -198,8 +202,9 @@ def _read_images(cells: Path, sources: list[_Source]) -> tuple[list[_Image], lis
     return images, skipped
 
 
-def _stratify(cells: Path, images: list[_Image], ratios: tuple[float, float, float],
-              seed: int) -> dict[str, list[_Image]]:
+def _stratify(
+    cells: Path, images: list[_Image], ratios: tuple[float, float, float], seed: int
+) -> dict[str, list[_Image]]:
     by_label: dict[str, list[_Image]] = {}
     for image in images:
         by_label.setdefault(image.source.text, []).append(image)
@@ -208,13 +213,15 @@ def _stratify(cells: Path, images: list[_Image], ratios: tuple[float, float, flo
         random.Random(f"{seed}/{label}").shuffle(members)
         n_train, n_valid, _ = _cut(len(members), ratios)
         splits["train"] += members[:n_train]
-        splits["valid"] += members[n_train:n_train + n_valid]
-        splits["test"] += members[n_train + n_valid:]
+        splits["valid"] += members[n_train : n_train + n_valid]
+        splits["test"] += members[n_train + n_valid :]
     for split, ratio in zip(SPLITS, ratios, strict=True):
         if ratio > 0 and not splits[split]:
-            raise CaptchalabError(f"{cells}: dataset too small to split: {len(images)} readable images in "
-                                  f"{len(by_label)} labels leave the {split} split empty; add images or set its "
-                                  "ratio to 0")
+            raise CaptchalabError(
+                f"{cells}: dataset too small to split: {len(images)} readable images in "
+                f"{len(by_label)} labels leave the {split} split empty; add images or set its "
+                "ratio to 0"
+            )
     return splits
 
 
@@ -237,8 +244,9 @@ def _prepare_out(out: Path, cells: Path) -> None:
         raise CaptchalabError(f"{out}: the output folder must not be inside the cells folder {cells}")
     if out.is_dir() and any(out.iterdir()):
         if not _is_our_dataset(out):
-            raise CaptchalabError(f"{out}: folder is not empty and holds no {FORMAT} dataset.json; "
-                                  "choose a new or empty folder")
+            raise CaptchalabError(
+                f"{out}: folder is not empty and holds no {FORMAT} dataset.json; choose a new or empty folder"
+            )
         _remove_old_lmdb(out)  # the TSV, JSONL and dataset.json files are overwritten
     out.mkdir(parents=True, exist_ok=True)
     # Mark the folder first, so a build that is interrupted can be run again into the same folder.
@@ -269,8 +277,9 @@ def _rmdir_if_empty(folder: Path) -> None:
         folder.rmdir()
 
 
-def _write_split(out: Path, split: str, images: list[_Image], ids: dict[_Source, int],
-                 text_ids: dict[str, int]) -> None:
+def _write_split(
+    out: Path, split: str, images: list[_Image], ids: dict[_Source, int], text_ids: dict[str, int]
+) -> None:
     members = sorted(images, key=lambda image: ids[image.source])
     with (out / f"{split}_imgs.tsv").open("w", encoding="utf-8", newline="\n") as tsv:
         for image in members:
@@ -308,8 +317,10 @@ def build_lmdb(dataset_dir: str | Path, splits: Iterable[str] = SPLITS) -> Path:
             raise CaptchalabError(f"{split_dir}: already holds files; remove it to build the LMDB again")
         split_dir.mkdir(parents=True, exist_ok=True)
         # Protocol 4 (the default of the Pythons Chinese-CLIP supports) keeps the bytes the same on every Python.
-        pairs = [(str(n).encode("utf-8"), pickle.dumps(pair, protocol=4))
-                 for n, pair in enumerate((i, t.text_id, t.text) for t in texts for i in t.image_ids)]
+        pairs = [
+            (str(n).encode("utf-8"), pickle.dumps(pair, protocol=4))
+            for n, pair in enumerate((i, t.text_id, t.text) for t in texts for i in t.image_ids)
+        ]
         _write_env(split_dir / "pairs", pairs, b"num_samples", f"{split} pairs")
         records = [(str(image_id).encode("utf-8"), b64.encode("utf-8")) for image_id, b64 in images.items()]
         _write_env(split_dir / "imgs", records, b"num_images", f"{split} images")
@@ -322,7 +333,7 @@ def _write_env(path: Path, records: list[tuple[bytes, bytes]], count_key: bytes,
         batches = range(0, len(records), _COMMIT_EVERY)
         for start in track(batches, len(batches), f"writing {description}"):
             with env.begin(write=True) as txn:
-                for key, value in records[start:start + _COMMIT_EVERY]:
+                for key, value in records[start : start + _COMMIT_EVERY]:
                     txn.put(key, value)
         with env.begin(write=True) as txn:
             txn.put(count_key, str(len(records)).encode("utf-8"))
@@ -368,8 +379,9 @@ def read_lmdb_split(lmdb_split_dir: str | Path) -> list[Cell]:
                 image_id, text = _pair(pairs.get(str(index).encode("utf-8")), folder / "pairs", index)
                 b64 = imgs.get(str(image_id).encode("utf-8"))
                 if b64 is None:
-                    raise CaptchalabError(f"{folder / 'pairs'}: pair {index} names image {image_id}, "
-                                          f"which is not in {folder / 'imgs'}")
+                    raise CaptchalabError(
+                        f"{folder / 'pairs'}: pair {index} names image {image_id}, which is not in {folder / 'imgs'}"
+                    )
                 cells.append(Cell(image_id, text, _decode_b64(b64, f"{folder / 'imgs'}: image {image_id}")))
     finally:
         pairs_env.close()
@@ -465,10 +477,15 @@ def _read_texts(file: Path, images: dict[int, str], tsv: Path) -> list[_Text]:
     for number, line in _numbered_lines(file):
         record = _json_object(file, number, line)
         text_id, text, image_ids = record.get("text_id"), record.get("text"), record.get("image_ids")
-        if not (_is_int(text_id) and isinstance(text, str) and isinstance(image_ids, list)
-                and all(_is_int(i) for i in image_ids)):
-            raise CaptchalabError(f'{file}:{number}: needs an integer "text_id", a string "text" and a list of '
-                                  'integer "image_ids"')
+        if not (
+            _is_int(text_id)
+            and isinstance(text, str)
+            and isinstance(image_ids, list)
+            and all(_is_int(i) for i in image_ids)
+        ):
+            raise CaptchalabError(
+                f'{file}:{number}: needs an integer "text_id", a string "text" and a list of integer "image_ids"'
+            )
         if text_id in seen:
             raise CaptchalabError(f"{file}:{number}: text id {text_id} appears twice")
         missing = [i for i in image_ids if i not in images]
@@ -514,8 +531,13 @@ def _pair(value: bytes | None, path: Path, index: int) -> tuple[int, str]:
         pair = _PlainUnpickler(io.BytesIO(value)).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError):  # what malformed pickles raise
         pair = None
-    if not (isinstance(pair, tuple) and len(pair) == 3 and _is_int(pair[0]) and _is_int(pair[1])
-            and isinstance(pair[2], str)):
+    if not (
+        isinstance(pair, tuple)
+        and len(pair) == 3
+        and _is_int(pair[0])
+        and _is_int(pair[1])
+        and isinstance(pair[2], str)
+    ):
         raise CaptchalabError(f"{path}: pair {index} is not a pickled (image_id, text_id, text)")
     return pair[0], pair[2]
 

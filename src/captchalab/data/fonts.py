@@ -7,11 +7,28 @@ import os
 from pathlib import Path
 
 # Searched in order; whatever exists is used. The captcha package's own font is the last resort.
-_FONT_DIRS = ("/usr/share/fonts/truetype", "/usr/share/fonts/opentype", "/usr/local/share/fonts", "/Library/Fonts",
-              "C:/Windows/Fonts")
-_LATIN_HINTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSansMono.ttf",
-                "DejaVuSansMono-Bold.ttf", "DejaVuSansCondensed-Oblique.ttf", "DejaVuSerif-Italic.ttf",
-                "LiberationSans-Regular.ttf", "LiberationSerif-Bold.ttf", "FreeSans.ttf", "arial.ttf", "times.ttf")
+_FONT_DIRS = (
+    "/usr/share/fonts/truetype",
+    "/usr/share/fonts/opentype",
+    "/usr/local/share/fonts",
+    "/Library/Fonts",
+    "C:/Windows/Fonts",
+)
+_LATIN_HINTS = (
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSansCondensed-Oblique.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "LiberationSans-Regular.ttf",
+    "LiberationSerif-Bold.ttf",
+    "FreeSans.ttf",
+    "arial.ttf",
+    "times.ttf",
+)
 _CJK_HINTS = ("wqy-microhei.ttc", "NotoSansCJK-Regular.ttc", "NotoSerifCJK-Regular.ttc", "msyh.ttc", "simhei.ttf")
 
 

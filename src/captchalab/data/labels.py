@@ -62,7 +62,7 @@ def _from_jsonl(file: Path) -> list[LabelledImage]:
         except (json.JSONDecodeError, AttributeError):
             raise CaptchalabError(f"{file}:{number}: not a JSON object") from None
         if not path or not isinstance(label, str) or not label:
-            raise CaptchalabError(f"{file}:{number}: needs \"image\" (or \"path\") and a non-empty \"label\"")
+            raise CaptchalabError(f'{file}:{number}: needs "image" (or "path") and a non-empty "label"')
         items.append(_item(file, path, label))
     return items
 

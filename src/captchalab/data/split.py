@@ -23,8 +23,9 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
     return tuple(r / total for r in ratios)  # type: ignore[return-value]
 
 
-def split_keys(keys: Sequence[str], ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
-               min_per_split: int = 1) -> dict[str, list[str]]:
+def split_keys(
+    keys: Sequence[str], ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0, min_per_split: int = 1
+) -> dict[str, list[str]]:
     """Shuffle the sorted keys with ``seed`` and cut them by ``ratios``; every split gets ``min_per_split``."""
     ordered = sorted(keys)
     if len(set(ordered)) != len(ordered):
@@ -37,12 +38,18 @@ def split_keys(keys: Sequence[str], ratios: tuple[float, float, float] = (0.8, 0
     n_valid = max(min_per_split, round(n * ratios[1])) if ratios[1] > 0 else 0
     n_test = max(min_per_split, round(n * ratios[2])) if ratios[2] > 0 else 0
     n_train = n - n_valid - n_test
-    return {"train": ordered[:n_train], "valid": ordered[n_train:n_train + n_valid], "test": ordered[n_train + n_valid:]}
+    return {
+        "train": ordered[:n_train],
+        "valid": ordered[n_train : n_train + n_valid],
+        "test": ordered[n_train + n_valid :],
+    }
 
 
 def write_split(path: Path, split: dict[str, list[str]], seed: int, ratios: tuple[float, float, float]) -> None:
     data = {"seed": seed, "ratios": list(ratios), **{k: split[k] for k in SPLITS}}
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=0), encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=0), encoding="utf-8")
+    tmp.replace(path)
 
 
 def read_split(path: Path) -> dict[str, list[str]]:

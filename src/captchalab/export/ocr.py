@@ -36,14 +36,15 @@ def _split_images(run: Path, config: dict, split: str) -> tuple[np.ndarray, list
     items = {i.key: i for i in read_labelled_images(config["data"])}
     if not config["case_sensitive"]:
         items = {k: type(i)(i.path, i.label.lower(), i.key) for k, i in items.items()}
-    cached = build_cache([items[k] for k in keys if k in items], Preprocess.from_dict(config["preprocess"]),
-                         run / "cache", split)
+    cached = build_cache(
+        [items[k] for k in keys if k in items], Preprocess.from_dict(config["preprocess"]), run / "cache", split
+    )
     return np.asarray(cached.images), cached.labels
 
 
 def _onnx_predict(model_file: Path, batch: np.ndarray, config: dict) -> tuple[np.ndarray, list[str]]:
     session = onnx_session(model_file, providers=["CPUExecutionProvider"])
-    outputs = [session.run(None, {"image": batch[i:i + 512]})[0] for i in range(0, len(batch), 512)]
+    outputs = [session.run(None, {"image": batch[i : i + 512]})[0] for i in range(0, len(batch), 512)]
     log_probs = np.concatenate(outputs)
     return log_probs, [t for t, _ in decode(log_probs, config["charset"], config["decoder"])]
 
@@ -53,17 +54,30 @@ def _quantize(fp32: Path, out: Path, calibration: np.ndarray) -> None:
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._batches = iter([{"image": calibration[i:i + 32]} for i in range(0, len(calibration), 32)])
+            self._batches = iter([{"image": calibration[i : i + 32]} for i in range(0, len(calibration), 32)])
 
         def get_next(self):  # noqa: ANN201
             return next(self._batches, None)
 
-    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(fp32),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
 
 
-def export_ocr(run_dir: str | Path, out_dir: str | Path, int8: bool = False, training_data: str | None = None,
-               training_command: str | None = None, licenses: list[dict] | None = None) -> dict:
+def export_ocr(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    int8: bool = False,
+    training_data: str | None = None,
+    training_command: str | None = None,
+    licenses: list[dict] | None = None,
+) -> dict:
     """Write ``out_dir/model.onnx`` and ``manifest.json``; returns the manifest.
 
     The test split goes through torch and through ONNX; any difference in the decoded strings aborts the export.
@@ -75,8 +89,9 @@ def export_ocr(run_dir: str | Path, out_dir: str | Path, int8: bool = False, tra
     batch = preprocess.normalize(images)
 
     with torch.no_grad():
-        torch_log_probs = np.concatenate([model(torch.from_numpy(batch[i:i + 512])).numpy()
-                                          for i in range(0, len(batch), 512)])
+        torch_log_probs = np.concatenate(
+            [model(torch.from_numpy(batch[i : i + 512])).numpy() for i in range(0, len(batch), 512)]
+        )
     torch_texts = [t for t, _ in decode(torch_log_probs, config["charset"], config["decoder"])]
 
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None))
@@ -85,15 +100,24 @@ def export_ocr(run_dir: str | Path, out_dir: str | Path, int8: bool = False, tra
         dummy = torch.from_numpy(batch[:2])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, dummy, str(fp32), input_names=["image"], output_names=["log_probs"],
-                              dynamic_axes={"image": {0: "batch"}, "log_probs": {0: "batch"}}, opset_version=17,
-                              dynamo=False)
+            torch.onnx.export(
+                model,
+                dummy,
+                str(fp32),
+                input_names=["image"],
+                output_names=["log_probs"],
+                dynamic_axes={"image": {0: "batch"}, "log_probs": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
         onnx_log_probs, onnx_texts = _onnx_predict(fp32, batch, config)
         mismatches = [(lab, a, b) for lab, a, b in zip(labels, torch_texts, onnx_texts) if a != b]
         max_diff = float(np.abs(onnx_log_probs - torch_log_probs).max())
         if mismatches:
-            raise CaptchalabError(f"export parity failed: ONNX and torch disagree on {len(mismatches)} of "
-                                  f"{len(labels)} test images (e.g. {mismatches[0]}); max log-prob diff {max_diff:.2e}")
+            raise CaptchalabError(
+                f"export parity failed: ONNX and torch disagree on {len(mismatches)} of "
+                f"{len(labels)} test images (e.g. {mismatches[0]}); max log-prob diff {max_diff:.2e}"
+            )
         report = ocr_report(onnx_texts, labels, config["case_sensitive"])
         parity = {"images": len(labels), "mismatches": 0, "max_abs_logprob_diff": max_diff}
         precision = "fp32"
@@ -105,8 +129,10 @@ def export_ocr(run_dir: str | Path, out_dir: str | Path, int8: bool = False, tra
             int8_report = ocr_report(int8_texts, labels, config["case_sensitive"])
             drop = report["exact_accuracy"] - int8_report["exact_accuracy"]
             if drop > INT8_MAX_DROP:
-                raise CaptchalabError(f"int8 export refused: test accuracy falls from {report['exact_accuracy']:.4f} "
-                                      f"to {int8_report['exact_accuracy']:.4f}; export without --int8")
+                raise CaptchalabError(
+                    f"int8 export refused: test accuracy falls from {report['exact_accuracy']:.4f} "
+                    f"to {int8_report['exact_accuracy']:.4f}; export without --int8"
+                )
             parity["int8_agreement"] = sum(a == b for a, b in zip(onnx_texts, int8_texts)) / max(len(labels), 1)
             int8_file.replace(fp32)
             report, precision = int8_report, "int8"
@@ -126,10 +152,14 @@ def export_ocr(run_dir: str | Path, out_dir: str | Path, int8: bool = False, tra
             "decoder": config["decoder"],
             "max_length": config["max_length"],
             "metrics": {"test": report, "parity": parity},
-            "training": {"data": training_data or config["data"], "command": training_command,
-                         "options": config["options"], "epochs": _epochs(run)},
+            "training": {
+                "data": training_data or config["data"],
+                "command": training_command or config.get("command"),
+                "options": config["options"],
+                "epochs": _epochs(run),
+            },
             "licenses": licenses or [],
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "captchalab_version": __version__,
         }
         (work / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -141,8 +171,13 @@ def export_ocr(run_dir: str | Path, out_dir: str | Path, int8: bool = False, tra
     finally:
         if work.exists():
             shutil.rmtree(work)
-    log.info("exported %s (%s): test accuracy %.4f, parity on %d images", out, precision, report["exact_accuracy"],
-             len(labels))
+    log.info(
+        "exported %s (%s): test accuracy %.4f, parity on %d images",
+        out,
+        precision,
+        report["exact_accuracy"],
+        len(labels),
+    )
     return manifest
 
 

@@ -48,14 +48,20 @@ class CtcRecognizer(nn.Module):
         self.config = config
         w1, w2, w3, w4 = config.widths
         self.features = nn.Sequential(
-            _conv(config.in_channels, w1), nn.MaxPool2d(2),  # (B, w1, H/2, W/2)
-            _conv(w1, w2), nn.MaxPool2d(2),  # (B, w2, H/4, W/4)
-            _conv(w2, w3), _conv(w3, w3), nn.MaxPool2d((2, 1)),  # (B, w3, H/8, W/4)
+            _conv(config.in_channels, w1),
+            nn.MaxPool2d(2),  # (B, w1, H/2, W/2)
+            _conv(w1, w2),
+            nn.MaxPool2d(2),  # (B, w2, H/4, W/4)
+            _conv(w2, w3),
+            _conv(w3, w3),
+            nn.MaxPool2d((2, 1)),  # (B, w3, H/8, W/4)
             _conv(w3, w4),  # (B, w4, H/8, W/4)
         )
         folded = w4 * (config.height // 8)
         self.project = nn.Sequential(
-            nn.Conv1d(folded, config.seq_channels, 1, bias=False), nn.BatchNorm1d(config.seq_channels), nn.ReLU(inplace=True)
+            nn.Conv1d(folded, config.seq_channels, 1, bias=False),
+            nn.BatchNorm1d(config.seq_channels),
+            nn.ReLU(inplace=True),
         )
         self.sequence = nn.Sequential(*[_SeqBlock(config.seq_channels) for _ in range(config.seq_layers)])
         self.dropout = nn.Dropout(0.1)

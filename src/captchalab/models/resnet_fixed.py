@@ -46,8 +46,9 @@ class ResnetFixed(nn.Module):
         super().__init__()
         self.config = config
         w = config.widths
-        self.stem = nn.Sequential(nn.Conv2d(config.in_channels, w[0], 3, 1, 1, bias=False), nn.BatchNorm2d(w[0]),
-                                  nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(config.in_channels, w[0], 3, 1, 1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU(inplace=True)
+        )
         layers, c_in = [], w[0]
         for stage, (c_out, n_blocks) in enumerate(zip(w, config.blocks)):
             for b in range(n_blocks):

@@ -42,8 +42,11 @@ def load_bundle(spec: str | os.PathLike, task: str) -> Bundle:
     path = default_bundle_path(task) if str(spec) == "default" else Path(spec)
     manifest_file = path / MANIFEST
     if not manifest_file.is_file():
-        what = "the shipped default model is missing from the installation" if str(spec) == "default" else \
-            "not a model bundle (no manifest.json)"
+        what = (
+            "the shipped default model is missing from the installation"
+            if str(spec) == "default"
+            else "not a model bundle (no manifest.json)"
+        )
         raise CaptchalabError(f"{path}: {what}")
     try:
         manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
@@ -52,7 +55,9 @@ def load_bundle(spec: str | os.PathLike, task: str) -> Bundle:
     if manifest.get("task") != task:
         raise CaptchalabError(f"{path}: is a {manifest.get('task')!r} bundle, not {task!r}")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise CaptchalabError(f"{path}: bundle format {manifest['format_version']} is newer than this captchalab; upgrade")
+        raise CaptchalabError(
+            f"{path}: bundle format {manifest['format_version']} is newer than this captchalab; upgrade"
+        )
     bundle = Bundle(path, manifest)
     for key in manifest.get("files", {}):
         if not bundle.file(key).is_file():

@@ -22,7 +22,4 @@ def decode(log_probs: np.ndarray, chars: str, decoder: str) -> list[tuple[str, f
         keep = best != 0
     else:
         raise ValueError(f"unknown decoder {decoder!r}")
-    return [
-        ("".join(chars[i - 1] for i in row[mask]), float(conf))
-        for row, mask, conf in zip(best, keep, confidence)
-    ]
+    return [("".join(chars[i - 1] for i in row[mask]), float(conf)) for row, mask, conf in zip(best, keep, confidence)]

@@ -24,14 +24,16 @@ class OcrReader:
     """One loaded model; ``read`` / ``read_batch`` are safe to call from many threads at once (no shared state
     changes after construction, and onnxruntime sessions are thread-safe)."""
 
-    def __init__(self, model: str | os.PathLike = "default", threads: int | None = None,
-                 providers: list[str] | None = None):
+    def __init__(
+        self, model: str | os.PathLike = "default", threads: int | None = None, providers: list[str] | None = None
+    ):
         self.bundle = load_bundle(model, "ocr")
         manifest = self.bundle.manifest
         self.preprocess = Preprocess.from_dict(manifest["preprocess"])
         self.charset: str = manifest["charset"]
         self.decoder: str = manifest["decoder"]
         self.case_sensitive: bool = manifest.get("case_sensitive", True)
+        self.threads = threads
         self._session = onnx_session(self.bundle.file("model"), threads, providers)
         self._input = self._session.get_inputs()[0].name
 
@@ -51,7 +53,7 @@ class OcrReader:
     def read_batch(self, images: Sequence[ImageInput], batch_size: int = 256) -> list[Reading]:
         readings: list[Reading] = []
         for start in range(0, len(images), batch_size):
-            readings += self.run(self.inputs(images[start:start + batch_size]))
+            readings += self.run(self.inputs(images[start : start + batch_size]))
         return readings
 
 

@@ -60,6 +60,11 @@ def broadcast_flag(ctx: Context, flag: bool) -> bool:
     return bool(tensor.item())
 
 
+def barrier(ctx: Context) -> None:
+    if ctx.world_size > 1:
+        dist.barrier()
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

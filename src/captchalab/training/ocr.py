@@ -51,6 +51,7 @@ class OcrTrainOptions:
     width: int | None = None
     channels: int | None = None
     augment: bool = True
+    max_minutes: float | None = None  # stop after the epoch that crosses this much training time
     schedule: str = "plateau"  # plateau: halve lr when validation stalls; cosine: anneal to 0 over max_epochs
     device: str = "auto"
     workers: int | None = None
@@ -62,7 +63,9 @@ class _Batches:
 
     def __init__(self, split: CachedSplit, charset: Charset, preprocess: Preprocess):
         self.split, self.preprocess = split, preprocess
-        self.targets = [torch.tensor([i + 1 for i in charset.encode(label)], dtype=torch.long) for label in split.labels]
+        self.targets = [
+            torch.tensor([i + 1 for i in charset.encode(label)], dtype=torch.long) for label in split.labels
+        ]
 
     def __len__(self) -> int:
         return len(self.split.labels)
@@ -80,7 +83,7 @@ def _augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     pad = 3
     padded = np.pad(batch, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
     dy, dx = rng.integers(0, 2 * pad + 1, size=(2, b))
-    out = np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)]).astype(np.float32)
+    out = np.stack([padded[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)]).astype(np.float32)
     contrast = rng.uniform(0.7, 1.3, size=(b, 1, 1, 1)).astype(np.float32)
     brightness = rng.uniform(-25, 25, size=(b, 1, 1, 1)).astype(np.float32)
     mean = out.mean(axis=(1, 2, 3), keepdims=True)
@@ -105,8 +108,9 @@ def _loss(criterion: nn.Module, decoder: str, log_probs: torch.Tensor, targets: 
 
 
 @torch.no_grad()
-def predict_cached(model: nn.Module, batches: _Batches, chars: str, decoder: str, device: torch.device,
-                   batch_size: int = 512) -> list[str]:
+def predict_cached(
+    model: nn.Module, batches: _Batches, chars: str, decoder: str, device: torch.device, batch_size: int = 512
+) -> list[str]:
     """Greedy predictions for a whole cached split (model in eval mode)."""
     model.eval()
     texts: list[str] = []
@@ -117,7 +121,7 @@ def predict_cached(model: nn.Module, batches: _Batches, chars: str, decoder: str
     return texts
 
 
-def _prepare(data: Path, run: Path, opts: OcrTrainOptions, resume: bool) -> tuple[dict, dict[str, CachedSplit]]:
+def _prepare(data: Path, run: Path, opts: OcrTrainOptions, reuse_split: bool) -> tuple[dict, dict[str, CachedSplit]]:
     """Read labels, fix the charset, the split and the caches; returns the run config and cached splits."""
     items = read_labelled_images(data)
     if not opts.case_sensitive:
@@ -125,10 +129,11 @@ def _prepare(data: Path, run: Path, opts: OcrTrainOptions, resume: bool) -> tupl
     charset = Charset(opts.charset) if opts.charset else Charset.from_labels(i.label for i in items)
     for item in items:
         if charset.unknown(item.label):
-            raise CaptchalabError(f"{item.path}: label {item.label!r} has characters outside the charset: "
-                                  f"{charset.unknown(item.label)!r}")
+            raise CaptchalabError(
+                f"{item.path}: label {item.label!r} has characters outside the charset: {charset.unknown(item.label)!r}"
+            )
     split_file = run / "split.json"
-    if resume and split_file.exists():
+    if reuse_split and split_file.exists():
         split = read_split(split_file)
     else:
         split = split_keys([i.key for i in items], opts.ratios, opts.seed)
@@ -140,16 +145,26 @@ def _prepare(data: Path, run: Path, opts: OcrTrainOptions, resume: bool) -> tupl
     missing = [k for keys in split.values() for k in keys if k not in by_key]
     if missing:
         raise CaptchalabError(f"{split_file}: lists {len(missing)} images no longer in the dataset, e.g. {missing[0]}")
-    caches = {name: build_cache([by_key[k] for k in keys], preprocess, run / "cache", name, opts.workers)
-              for name, keys in split.items()}
+    caches = {
+        name: build_cache([by_key[k] for k in keys], preprocess, run / "cache", name, opts.workers)
+        for name, keys in split.items()
+    }
     skipped = [s for c in caches.values() for s in c.skipped]
     if skipped:
-        log.warning("skipped %d unreadable images: %s", len(skipped), "; ".join(skipped[:20]) +
-                    (f"; ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""))
+        log.warning(
+            "skipped %d unreadable images: %s",
+            len(skipped),
+            "; ".join(skipped[:20]) + (f"; ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""),
+        )
     max_length = max(len(label) for c in caches.values() for label in c.labels)
     config = {
-        "arch": opts.arch, "decoder": decoder, "charset": charset.chars, "case_sensitive": opts.case_sensitive,
-        "max_length": max_length, "preprocess": preprocess.to_dict(), "data": str(Path(data).resolve()),
+        "arch": opts.arch,
+        "decoder": decoder,
+        "charset": charset.chars,
+        "case_sensitive": opts.case_sensitive,
+        "max_length": max_length,
+        "preprocess": preprocess.to_dict(),
+        "data": str(Path(data).resolve()),
         "options": {k: v for k, v in asdict(opts).items() if k != "model"},
     }
     return config, caches
@@ -157,23 +172,43 @@ def _prepare(data: Path, run: Path, opts: OcrTrainOptions, resume: bool) -> tupl
 
 def _build_model(config: dict, model_overrides: dict) -> nn.Module:
     pre = config["preprocess"]
-    model = create_ocr_model(config["arch"], in_channels=pre["channels"], height=pre["height"], width=pre["width"],
-                             n_classes=len(config["charset"]), positions=config["max_length"], **model_overrides)
+    model = create_ocr_model(
+        config["arch"],
+        in_channels=pre["channels"],
+        height=pre["height"],
+        width=pre["width"],
+        n_classes=len(config["charset"]),
+        positions=config["max_length"],
+        **model_overrides,
+    )
     if config["decoder"] == "ctc-greedy" and model.time_steps < 2 * config["max_length"] - 1:
-        raise CaptchalabError(f"input width {pre['width']} gives {model.time_steps} CTC steps, too few for labels of "
-                              f"{config['max_length']} characters; use a wider --size")
+        raise CaptchalabError(
+            f"input width {pre['width']} gives {model.time_steps} CTC steps, too few for labels of "
+            f"{config['max_length']} characters; use a wider --size"
+        )
     return model
 
 
-def train_ocr(data: str | Path, run_dir: str | Path, opts: OcrTrainOptions | None = None, resume: bool = False) -> dict:
+def train_ocr(
+    data: str | Path,
+    run_dir: str | Path,
+    opts: OcrTrainOptions | None = None,
+    resume: bool = False,
+    command: str | None = None,
+) -> dict:
     """Train (or resume) a run; returns the test report. See the module docstring for the files written."""
     run = Path(run_dir)
     if resume and not (run / "config.json").exists():
         raise CaptchalabError(f"{run}: nothing to resume (no config.json); start a run without --resume")
     if resume:
         saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
-        opts = OcrTrainOptions(**{**saved["options"], "ratios": tuple(saved["options"]["ratios"]),
-                                  "model": saved.get("model_overrides", {})})
+        opts = OcrTrainOptions(
+            **{
+                **saved["options"],
+                "ratios": tuple(saved["options"]["ratios"]),
+                "model": saved.get("model_overrides", {}),
+            }
+        )
         data = saved["data"]
     elif (run / "last.pt").exists():
         raise CaptchalabError(f"{run}: already holds a training run; pass --resume to continue it or pick a new --out")
@@ -184,10 +219,16 @@ def train_ocr(data: str | Path, run_dir: str | Path, opts: OcrTrainOptions | Non
     torch.manual_seed(opts.seed)
     run.mkdir(parents=True, exist_ok=True)
 
-    config, caches = _prepare(Path(data), run, opts, resume)
+    # Rank 0 writes the split and the cache first; other ranks then reuse both (no two writers on one file).
+    if not ctx.is_main:
+        distributed.barrier(ctx)
+    config, caches = _prepare(Path(data), run, opts, reuse_split=resume or not ctx.is_main)
+    if ctx.is_main:
+        distributed.barrier(ctx)
     model = _build_model(config, opts.model).to(ctx.device)
     config["model"] = model_config_dict(model)
     config["model_overrides"] = opts.model
+    config["command"] = command
     if ctx.is_main and not resume:
         write_json(run / "config.json", config)
 
@@ -198,8 +239,9 @@ def train_ocr(data: str | Path, run_dir: str | Path, opts: OcrTrainOptions | Non
     if opts.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opts.max_epochs)
     elif opts.schedule == "plateau":
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
-                                                               patience=max(2, opts.patience // 4))
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=0.5, patience=max(2, opts.patience // 4)
+        )
     else:
         raise CaptchalabError(f"unknown --schedule {opts.schedule!r}: use plateau or cosine")
     criterion = _loss_fn(decoder)
@@ -215,7 +257,9 @@ def train_ocr(data: str | Path, run_dir: str | Path, opts: OcrTrainOptions | Non
         log.info("resuming %s after epoch %d (best valid %.4f at epoch %d)", run, state["epoch"], best_acc, best_epoch)
     net = model
     if ctx.world_size > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+        )
 
     stop = start_epoch > opts.max_epochs or (history and history[-1]["epoch"] - best_epoch >= opts.patience)
     epoch = start_epoch
@@ -229,33 +273,66 @@ def train_ocr(data: str | Path, run_dir: str | Path, opts: OcrTrainOptions | Non
             scheduler.step(acc)
         else:
             scheduler.step()
-        row = {"epoch": epoch, "train_loss": round(train_loss, 5), "valid_accuracy": acc,
-               "valid_char_accuracy": valid_report["char_accuracy"], "lr": optimizer.param_groups[0]["lr"],
-               "seconds": round(time.perf_counter() - started, 1)}
+        row = {
+            "epoch": epoch,
+            "train_loss": round(train_loss, 5),
+            "valid_accuracy": acc,
+            "valid_char_accuracy": valid_report["char_accuracy"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - started, 1),
+        }
         history.append(row)
         improved = acc > best_acc
         if improved:
             best_acc, best_epoch = acc, epoch
-        log.info("epoch %d: loss %.4f, valid accuracy %.4f (best %.4f @ %d), %.0fs", epoch, train_loss, acc,
-                 best_acc, best_epoch, row["seconds"])
+        log.info(
+            "epoch %d: loss %.4f, valid accuracy %.4f (best %.4f @ %d), %.0fs",
+            epoch,
+            train_loss,
+            acc,
+            best_acc,
+            best_epoch,
+            row["seconds"],
+        )
         if ctx.is_main:
             if improved:
                 save_torch({"model": model.state_dict(), "config": config, "epoch": epoch}, run / "best.pt")
-            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history,
-                        "best_acc": best_acc, "best_epoch": best_epoch, "config": config}, run / "last.pt")
+            save_torch(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "history": history,
+                    "best_acc": best_acc,
+                    "best_epoch": best_epoch,
+                    "config": config,
+                },
+                run / "last.pt",
+            )
             _write_log(run, history)
-        stop = distributed.broadcast_flag(ctx, epoch - best_epoch >= opts.patience or epoch >= opts.max_epochs)
+        out_of_time = opts.max_minutes is not None and sum(r["seconds"] for r in history) >= opts.max_minutes * 60
+        stop = distributed.broadcast_flag(
+            ctx, epoch - best_epoch >= opts.patience or epoch >= opts.max_epochs or out_of_time
+        )
         epoch += 1
 
     best = load_torch(run / "best.pt", map_location=str(ctx.device))
     model.load_state_dict(best["model"])
     test_pred = predict_cached(model, test, charset.chars, decoder, ctx.device)
     report = ocr_report(test_pred, test.split.labels, opts.case_sensitive)
-    report.update({"split": "test", "best_epoch": best["epoch"], "epochs_run": len(history),
-                   "train_seconds": round(sum(r["seconds"] for r in history), 1),
-                   "valid_accuracy": best_acc, "train_images": len(train), "valid_images": len(valid),
-                   "skipped_images": [s for c in caches.values() for s in c.skipped]})
+    report.update(
+        {
+            "split": "test",
+            "best_epoch": best["epoch"],
+            "epochs_run": len(history),
+            "train_seconds": round(sum(r["seconds"] for r in history), 1),
+            "valid_accuracy": best_acc,
+            "train_images": len(train),
+            "valid_images": len(valid),
+            "skipped_images": [s for c in caches.values() for s in c.skipped],
+        }
+    )
     if ctx.is_main:
         write_json(run / "report.json", report)
     distributed.teardown()
@@ -274,15 +351,23 @@ def load_run_model(run: Path) -> tuple[torch.nn.Module, dict]:
     return model.eval(), config
 
 
-def _train_epoch(net: nn.Module, train: _Batches, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                 decoder: str, opts: OcrTrainOptions, epoch: int, ctx: distributed.Context) -> float:
+def _train_epoch(
+    net: nn.Module,
+    train: _Batches,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    decoder: str,
+    opts: OcrTrainOptions,
+    epoch: int,
+    ctx: distributed.Context,
+) -> float:
     net.train()
     rng = np.random.default_rng([opts.seed, epoch])
-    order = rng.permutation(len(train))[ctx.rank::ctx.world_size]
+    order = rng.permutation(len(train))[ctx.rank :: ctx.world_size]
     starts = range(0, len(order), opts.batch_size)
     total, count = 0.0, 0
     for start in track(starts, len(starts), f"epoch {epoch}"):
-        idx = order[start:start + opts.batch_size]
+        idx = order[start : start + opts.batch_size]
         x = train.inputs(idx, opts.augment, rng).to(ctx.device, non_blocking=True)
         loss = _loss(criterion, decoder, net(x), [train.targets[i] for i in idx])
         optimizer.zero_grad(set_to_none=True)

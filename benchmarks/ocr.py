@@ -1,0 +1,167 @@
+"""OCR benchmark: accuracy of a bundle on fresh seeded captcha-library sets, latency and throughput,
+with ddddocr measured side by side in the same run when it is installed (pip install 'captchalab[bench]').
+
+    python benchmarks/ocr.py [--model default] [--count 2000] [--out benchmarks/results/ocr.json]
+
+Images are rendered in memory with seeds that the default model never saw in training (its sets used 101-105),
+encoded to PNG bytes, and read back from bytes by every reader, so decoding is part of what is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from captchalab.data.charset import parse_charset_spec
+from captchalab.data.generate import GenerateConfig, iter_samples
+from captchalab.evaluation import ocr_report
+from captchalab.ocr import OcrReader
+
+SETS = {
+    "captcha 160x60, 4 chars a-z0-9": GenerateConfig(parse_charset_spec("lower+digits"), 4, 4, seed=9001),
+    "captcha 160x60, 4 chars A-Z0-9": GenerateConfig(parse_charset_spec("upper+digits"), 4, 4, seed=9002),
+    "captcha 160x60, 5-6 chars a-z0-9": GenerateConfig(parse_charset_spec("lower+digits"), 5, 6, seed=9003),
+    "captcha 160x60, 4-6 chars a-zA-Z0-9": GenerateConfig(parse_charset_spec("alnum"), 4, 6, seed=9004),
+    "builtin 160x60, 4-6 chars a-zA-Z0-9": GenerateConfig(
+        parse_charset_spec("alnum"), 4, 6, style="builtin", seed=9005
+    ),
+}
+
+
+def png_set(config: GenerateConfig, count: int) -> tuple[list[bytes], list[str]]:
+    images, labels = [], []
+    for label, image in iter_samples(config, count):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+        labels.append(label)
+    return images, labels
+
+
+def ddddocr_reader(threads: int | None) -> Callable[[bytes], str] | None:
+    """ddddocr's classifier, its onnxruntime session capped at ``threads`` (None: its own default)."""
+    try:
+        import ddddocr
+        import onnxruntime
+    except ImportError:
+        return None
+    original = onnxruntime.InferenceSession
+
+    def capped(path, *args, **kwargs):  # noqa: ANN001, ANN202
+        if threads:
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            kwargs.setdefault("sess_options", options)
+        return original(path, *args, **kwargs)
+
+    onnxruntime.InferenceSession = capped
+    try:
+        ocr = ddddocr.DdddOcr(show_ad=False)
+    finally:
+        onnxruntime.InferenceSession = original
+    return ocr.classification
+
+
+def latency_ms(read: Callable[[bytes], object], images: list[bytes], repeats: int) -> dict:
+    for image in images[:20]:
+        read(image)
+    times = []
+    for image in images[:repeats]:
+        started = time.perf_counter()
+        read(image)
+        times.append((time.perf_counter() - started) * 1000)
+    return {"median_ms": statistics.median(times), "p95_ms": float(np.percentile(times, 95)), "images": len(times)}
+
+
+def throughput(reader: OcrReader, images: list[bytes], batch_size: int, rounds: int = 3) -> dict:
+    """Images per second reading PNG bytes in batches (decode + preprocess + inference + decode), best of rounds."""
+    reader.read_batch(images[:batch_size], batch_size)
+    rates = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        reader.read_batch(images, batch_size)
+        rates.append(len(images) / (time.perf_counter() - started))
+    inputs = reader.inputs(images[:batch_size])
+    started = time.perf_counter()
+    for _ in range(rounds):
+        reader.run(inputs)
+    model_only = batch_size * rounds / (time.perf_counter() - started)
+    return {
+        "end_to_end_img_per_s": max(rates),
+        "end_to_end_rounds": rates,
+        "model_only_img_per_s": model_only,
+        "batch_size": batch_size,
+        "threads": reader.threads,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--count", type=int, default=2000, help="images per accuracy set")
+    parser.add_argument("--latency-images", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--no-ddddocr", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ocr.json")
+    args = parser.parse_args()
+
+    ours = OcrReader(args.model, threads=1)
+    ours_batched = OcrReader(args.model, threads=2)
+    peer = None if args.no_ddddocr else ddddocr_reader(threads=1)
+    results: dict = {
+        "model": args.model,
+        "manifest_sha256": ours.bundle.manifest.get("sha256"),
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform()},
+        "accuracy": {},
+        "latency_one_thread": {},
+    }
+    first_set = None
+    for name, config in SETS.items():
+        images, labels = png_set(config, args.count)
+        first_set = first_set or images
+        row = {"images": len(labels)}
+        ours_texts = [r.text for r in ours_batched.read_batch(images, args.batch_size)]
+        row["captchalab"] = ocr_report(ours_texts, labels, case_sensitive=False)["exact_accuracy"]
+        row["captchalab_case_sensitive"] = ocr_report(ours_texts, labels, case_sensitive=True)["exact_accuracy"]
+        if peer:
+            row["ddddocr"] = ocr_report([peer(i) for i in images], labels, case_sensitive=False)["exact_accuracy"]
+        results["accuracy"][name] = row
+        print(
+            f"{name:40s} captchalab {row['captchalab']:.4f}" + (f"   ddddocr {row['ddddocr']:.4f}" if peer else ""),
+            flush=True,
+        )
+
+    results["latency_one_thread"]["captchalab"] = latency_ms(ours.read, first_set, args.latency_images)
+    if peer:
+        results["latency_one_thread"]["ddddocr"] = latency_ms(peer, first_set, args.latency_images)
+        results["latency_ratio_ddddocr_over_captchalab"] = (
+            results["latency_one_thread"]["ddddocr"]["median_ms"]
+            / results["latency_one_thread"]["captchalab"]["median_ms"]
+        )
+    for who, row in results["latency_one_thread"].items():
+        print(f"latency one image, one thread  {who:10s} median {row['median_ms']:.3f} ms  p95 {row['p95_ms']:.3f} ms")
+    if "latency_ratio_ddddocr_over_captchalab" in results:
+        print(f"captchalab is {results['latency_ratio_ddddocr_over_captchalab']:.1f}x faster than ddddocr (median)")
+    results["throughput_two_threads"] = throughput(ours_batched, first_set, args.batch_size)
+    tp = results["throughput_two_threads"]
+    print(
+        f"batched throughput, 2 threads: {tp['end_to_end_img_per_s']:.0f} img/s from PNG bytes, "
+        f"{tp['model_only_img_per_s']:.0f} img/s model only"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
