@@ -52,8 +52,10 @@ def train(
     data: Path = typer.Argument(..., help="Folder of images (label in file name) or a .tsv / .jsonl labels file."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, split, logs, report)."),
     arch: str = typer.Option("ctc", help="ctc (fast, variable length; default) or resnet18-fixed (the article's)."),
-    patience: int = typer.Option(20, help="Stop after this many epochs without a better validation accuracy."),
-    max_epochs: int = typer.Option(100, help="Upper bound on epochs."),
+    patience: int | None = typer.Option(
+        None, help="Stop after this many epochs without a better validation accuracy [default: 20]."
+    ),
+    max_epochs: int | None = typer.Option(None, help="Upper bound on epochs [default: 100]."),
     max_minutes: float | None = typer.Option(None, help="Stop after the epoch that crosses this training time."),
     batch_size: int = typer.Option(128),
     lr: float = typer.Option(1e-3, help="Adam(W) learning rate."),
@@ -67,7 +69,12 @@ def train(
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random shifts and contrast while training."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     workers: int | None = typer.Option(None, help="Processes for the one-off preprocessing cache."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out after its last finished epoch."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the run in --out after its last finished epoch, with its saved options "
+        "(--max-epochs, --patience and --max-minutes may change the budget).",
+    ),
 ) -> None:
     """Train an OCR model; writes RUN/report.json, log.csv, accuracy.png, best.pt."""
     _need_torch("ocr train")
@@ -77,11 +84,14 @@ def train(
     from captchalab.training.ocr import OcrTrainOptions, train_ocr
 
     width, height = parse_size(size) if size else (None, None)
+    budget = {
+        k: v
+        for k, v in (("patience", patience), ("max_epochs", max_epochs), ("max_minutes", max_minutes))
+        if v is not None
+    }
     opts = OcrTrainOptions(
         arch=arch,
-        patience=patience,
-        max_epochs=max_epochs,
-        max_minutes=max_minutes,
+        **budget,
         batch_size=batch_size,
         lr=lr,
         schedule=schedule,
@@ -96,7 +106,8 @@ def train(
         device=device,
         workers=workers,
     )
-    report = train_ocr(data, out, opts, resume=resume, command=shlex.join(["captchalab", *sys.argv[1:]]))
+    command = shlex.join(["captchalab", *sys.argv[1:]])
+    report = train_ocr(data, out, opts, resume=resume, command=command, budget=budget)
     typer.echo(
         f"test: exact {report['exact_accuracy']:.4f}, per-char {report['char_accuracy']:.4f} on "
         f"{report['images']} images (best epoch {report['best_epoch']}); report in {out / 'report.json'}"

@@ -154,7 +154,7 @@ def export_ocr(
             "metrics": {"test": report, "parity": parity},
             "training": {
                 "data": training_data or config["data"],
-                "command": training_command or config.get("command"),
+                "command": training_command or " && ".join(config.get("commands", [])) or None,
                 "options": config["options"],
                 "epochs": _epochs(run),
             },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,9 +52,18 @@ class OcrReader:
         return self.run(self.inputs([image]))[0]
 
     def read_batch(self, images: Sequence[ImageInput], batch_size: int = 256) -> list[Reading]:
+        """Many images, in batches; the next batch is decoded on a helper thread while the model runs."""
+        chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        if len(chunks) <= 1:
+            return self.run(self.inputs(chunks[0])) if chunks else []
         readings: list[Reading] = []
-        for start in range(0, len(images), batch_size):
-            readings += self.run(self.inputs(images[start : start + batch_size]))
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(self.inputs, chunks[0])
+            for following in [*chunks[1:], None]:
+                batch = pending.result()
+                if following is not None:
+                    pending = pool.submit(self.inputs, following)
+                readings += self.run(batch)
         return readings
 
 

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -195,8 +196,13 @@ def train_ocr(
     opts: OcrTrainOptions | None = None,
     resume: bool = False,
     command: str | None = None,
+    budget: dict | None = None,
 ) -> dict:
-    """Train (or resume) a run; returns the test report. See the module docstring for the files written."""
+    """Train (or resume) a run; returns the test report. See the module docstring for the files written.
+
+    On resume the saved options are used; ``budget`` may change ``max_epochs``, ``patience`` or ``max_minutes``
+    (e.g. to train a finished run longer). ``command`` is recorded in config.json (all commands of the run).
+    """
     run = Path(run_dir)
     if resume and not (run / "config.json").exists():
         raise CaptchalabError(f"{run}: nothing to resume (no config.json); start a run without --resume")
@@ -207,11 +213,15 @@ def train_ocr(
                 **saved["options"],
                 "ratios": tuple(saved["options"]["ratios"]),
                 "model": saved.get("model_overrides", {}),
+                **(budget or {}),
             }
         )
         data = saved["data"]
+        commands = [*saved.get("commands", []), command]
     elif (run / "last.pt").exists():
         raise CaptchalabError(f"{run}: already holds a training run; pass --resume to continue it or pick a new --out")
+    else:
+        commands = [command]
     opts = opts or OcrTrainOptions()
     if opts.arch not in OCR_ARCHS:
         raise CaptchalabError(f"unknown --arch {opts.arch!r}; choose one of {', '.join(OCR_ARCHS)}")
@@ -228,8 +238,8 @@ def train_ocr(
     model = _build_model(config, opts.model).to(ctx.device)
     config["model"] = model_config_dict(model)
     config["model_overrides"] = opts.model
-    config["command"] = command
-    if ctx.is_main and not resume:
+    config["commands"] = [c for c in commands if c]
+    if ctx.is_main:
         write_json(run / "config.json", config)
 
     charset, decoder = Charset(config["charset"]), config["decoder"]
@@ -252,6 +262,10 @@ def train_ocr(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if opts.schedule == "cosine" and scheduler.T_max != opts.max_epochs:  # a new epoch budget
+            scheduler.T_max = opts.max_epochs
+            for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base * (1 + math.cos(math.pi * state["epoch"] / opts.max_epochs)) / 2
         history, best_acc, best_epoch = state["history"], state["best_acc"], state["best_epoch"]
         start_epoch = state["epoch"] + 1
         log.info("resuming %s after epoch %d (best valid %.4f at epoch %d)", run, state["epoch"], best_acc, best_epoch)
