@@ -235,3 +235,22 @@ def test_torchrun_two_processes_train_one_run(tiny_data: Path, tmp_path: Path):
     assert (run / "log.csv").read_text().count("\n") == 3
     report = json.loads((run / "report.json").read_text())
     assert report["epochs_run"] == 2 and report["images"] == 16
+
+
+def test_int8_export_is_gated_and_readable(tiny_run: Path, tiny_data: Path, tmp_path: Path):
+    bundle = tmp_path / "int8"
+    run_cli("ocr", "export", str(tiny_run), "--out", str(bundle), "--int8")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["precision"] == "int8"
+    assert 0.0 <= manifest["metrics"]["parity"]["int8_agreement"] <= 1.0
+    image = sorted(tiny_data.glob("*.png"))[0]
+    assert "text" in json.loads(run_cli("ocr", "predict", "-m", str(bundle), "--json", str(image)).stdout_text)
+
+
+def test_export_refuses_to_overwrite_a_non_bundle(tiny_run: Path, tmp_path: Path):
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    result = run_cli("ocr", "export", str(tiny_run), "--out", str(target), check=False)
+    assert result.returncode == 2 and "not a bundle" in result.stderr_text
+    assert (target / "notes.txt").read_text() == "mine"

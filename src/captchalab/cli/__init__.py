@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from captchalab.cli.grid import app as grid_app
 from captchalab.cli.ocr import app as ocr_app
 from captchalab.errors import CaptchalabError
 
@@ -17,6 +18,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(ocr_app, name="ocr")
+app.add_typer(grid_app, name="grid")
 
 
 @app.callback()
