@@ -76,19 +76,30 @@ TOKEN_IDS = torch.tensor([[1, 5, 17, 33, 2, 0, 0, 0], [1, 9, 2, 0, 0, 0, 0, 0], 
 # outputs of their encode_image / encode_text (eval mode, torch 2.13 CPU). Their state_dict, saved as an official
 # checkpoint ({"state_dict": {"module." + key: ...}}), loaded into ours with nothing missing or unexpected, and the
 # full embeddings agreed within 2.3e-6 (ResNet image 1.5e-7, ViT image 1.9e-6, text 2.3e-6).
-GOLDEN_TEXT = BertTextConfig(vocab_size=100, hidden_size=128, layers=2, heads=2, intermediate_size=256,
-                             max_position_embeddings=64)
+GOLDEN_TEXT = BertTextConfig(
+    vocab_size=100, hidden_size=128, layers=2, heads=2, intermediate_size=256, max_position_embeddings=64
+)
 GOLDEN_CONFIGS = {
-    "resnet": CnClipConfig(embed_dim=32, text=GOLDEN_TEXT, vision=ResNetVisionConfig(
-        layers=(1, 1, 1, 1), width=8, heads=4, image_resolution=64)),  # their heads: 8 * 32 // 64
-    "vit": CnClipConfig(embed_dim=32, text=GOLDEN_TEXT, vision=VitVisionConfig(
-        layers=2, width=128, heads=2, patch_size=8, image_resolution=32)),  # their heads: 128 // 64
+    "resnet": CnClipConfig(
+        embed_dim=32,
+        text=GOLDEN_TEXT,
+        vision=ResNetVisionConfig(layers=(1, 1, 1, 1), width=8, heads=4, image_resolution=64),
+    ),  # their heads: 8 * 32 // 64
+    "vit": CnClipConfig(
+        embed_dim=32,
+        text=GOLDEN_TEXT,
+        vision=VitVisionConfig(layers=2, width=128, heads=2, patch_size=8, image_resolution=32),
+    ),  # their heads: 128 // 64
 }
 GOLDEN_IMAGE_HEAD = {
-    "resnet": [[0.3417803, 0.8275046, -0.0795158, -0.6548207, -0.9219097, -1.5681145, -0.7373946, 1.0977966],
-               [0.3370717, 0.8174734, -0.086412, -0.6499445, -0.9291728, -1.565329, -0.7348198, 1.0885165]],
-    "vit": [[2.0260248, 3.4611795, 0.9113643, -4.5489616, 1.1259284, 2.0172732, -0.8352253, -0.5032383],
-            [2.8538468, 2.9122159, 2.5341132, -4.5616255, 2.0426385, 4.1179624, 0.6007472, -1.4162389]],
+    "resnet": [
+        [0.3417803, 0.8275046, -0.0795158, -0.6548207, -0.9219097, -1.5681145, -0.7373946, 1.0977966],
+        [0.3370717, 0.8174734, -0.086412, -0.6499445, -0.9291728, -1.565329, -0.7348198, 1.0885165],
+    ],
+    "vit": [
+        [2.0260248, 3.4611795, 0.9113643, -4.5489616, 1.1259284, 2.0172732, -0.8352253, -0.5032383],
+        [2.8538468, 2.9122159, 2.5341132, -4.5616255, 2.0426385, 4.1179624, 0.6007472, -1.4162389],
+    ],
 }
 GOLDEN_IMAGE_NORM = {"resnet": [3.4446282, 3.4337645], "vit": [12.2998266, 12.738059]}
 GOLDEN_TEXT_HEAD = [  # identical for both configs: the text tower and its weights are the same
@@ -152,15 +163,37 @@ def test_fine_tuning_checkpoint_with_optimizer_loads(tmp_path: Path) -> None:
     names = [name for name, _ in model.named_parameters()]
     # the layout of torch.optim.AdamW(...).state_dict() after a step, written by hand: a real step costs seconds
     optimizer = {
-        "state": {i: {"step": torch.tensor(7.0), "exp_avg": torch.zeros(3), "exp_avg_sq": torch.ones(3)}
-                  for i in range(len(names))},
-        "param_groups": [{"lr": 5e-5, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.001, "amsgrad": False,
-                          "foreach": None, "maximize": False, "capturable": False, "differentiable": False,
-                          "fused": None, "params": list(range(len(names)))}],
+        "state": {
+            i: {"step": torch.tensor(7.0), "exp_avg": torch.zeros(3), "exp_avg_sq": torch.ones(3)}
+            for i in range(len(names))
+        },
+        "param_groups": [
+            {
+                "lr": 5e-5,
+                "betas": (0.9, 0.98),
+                "eps": 1e-6,
+                "weight_decay": 0.001,
+                "amsgrad": False,
+                "foreach": None,
+                "maximize": False,
+                "capturable": False,
+                "differentiable": False,
+                "fused": None,
+                "params": list(range(len(names))),
+            }
+        ],
     }
     path = tmp_path / "epoch_latest.pt"
-    torch.save({"epoch": 1, "step": 7, "name": "finetune", "optimizer": optimizer,
-                "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    torch.save(
+        {
+            "epoch": 1,
+            "step": 7,
+            "name": "finetune",
+            "optimizer": optimizer,
+            "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
+        },
+        path,
+    )
     _assert_same_model(load_cn_clip_checkpoint(path), model)
 
 
@@ -193,18 +226,22 @@ def test_wrong_config_is_reported(tiny: CnClip, tmp_path: Path) -> None:
     path = tmp_path / "tiny.pt"
     torch.save({"state_dict": tiny.state_dict()}, path)
     with pytest.raises(CaptchalabError, match=r"tiny\.pt.*shape mismatches: .*text_projection"):
-        load_cn_clip_checkpoint(path, config=CnClipConfig(embed_dim=64, vision=CnClipConfig.tiny().vision,
-                                                          text=CnClipConfig.tiny().text))
+        load_cn_clip_checkpoint(
+            path, config=CnClipConfig(embed_dim=64, vision=CnClipConfig.tiny().vision, text=CnClipConfig.tiny().text)
+        )
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"hello, not a checkpoint\n", "not a PyTorch checkpoint"),
-    (b"", "not a PyTorch checkpoint"),
-    (None, "no such file"),
-    ([1, 2, 3], "holds no state_dict"),
-    ({"state_dict": {"foo": torch.zeros(1)}}, "not a Chinese-CLIP checkpoint"),
-    ({"text_model.embeddings.word_embeddings.weight": torch.zeros(1)}, "load_hf_chinese_clip"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"hello, not a checkpoint\n", "not a PyTorch checkpoint"),
+        (b"", "not a PyTorch checkpoint"),
+        (None, "no such file"),
+        ([1, 2, 3], "holds no state_dict"),
+        ({"state_dict": {"foo": torch.zeros(1)}}, "not a Chinese-CLIP checkpoint"),
+        ({"text_model.embeddings.word_embeddings.weight": torch.zeros(1)}, "load_hf_chinese_clip"),
+    ],
+)
 def test_not_a_checkpoint_is_reported(content: object, message: str, tmp_path: Path) -> None:
     path = tmp_path / "weights.pt"
     if isinstance(content, bytes):
@@ -230,11 +267,24 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
 def test_hf_folder_matches_transformers(weights: str, tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers", reason="writing a ChineseCLIP folder needs transformers")
     hf_config = transformers.ChineseCLIPConfig(
-        text_config={"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-                     "intermediate_size": 64, "max_position_embeddings": 64},
-        vision_config={"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                       "image_size": 32, "patch_size": 8},
-        projection_dim=16)
+        text_config={
+            "vocab_size": 100,
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "max_position_embeddings": 64,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
     hf = transformers.ChineseCLIPModel(hf_config).eval()
     hf.load_state_dict(_seeded_state_dict(hf.state_dict()), strict=True)  # no zero biases hiding a wrong mapping
     if weights == "model.safetensors":
@@ -292,8 +342,8 @@ def test_batch_size_does_not_change_rows(tiny: CnClip) -> None:
     with torch.no_grad():
         image_rows, text_rows = image_tower(images), text_tower(TOKEN_IDS)
         for i in range(3):
-            torch.testing.assert_close(image_tower(images[i:i + 1])[0], image_rows[i], atol=1e-6, rtol=1e-5)
-            torch.testing.assert_close(text_tower(TOKEN_IDS[i:i + 1])[0], text_rows[i], atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(image_tower(images[i : i + 1])[0], image_rows[i], atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(text_tower(TOKEN_IDS[i : i + 1])[0], text_rows[i], atol=1e-6, rtol=1e-5)
     assert not torch.allclose(text_rows[0], text_rows[1])
 
 
@@ -308,9 +358,16 @@ def test_towers_export_to_onnx_with_dynamic_batch(tiny: CnClip, tmp_path: Path) 
         path = tmp_path / f"{name}.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(tower, example[:2], str(path), input_names=[name], output_names=["features"],
-                              dynamic_axes={name: {0: "batch"}, "features": {0: "batch"}}, opset_version=17,
-                              dynamo=False)
+            torch.onnx.export(
+                tower,
+                example[:2],
+                str(path),
+                input_names=[name],
+                output_names=["features"],
+                dynamic_axes={name: {0: "batch"}, "features": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         assert not tiny.training
         with torch.no_grad():
@@ -331,9 +388,17 @@ def test_rn50_sizes_match_the_official_model() -> None:
     config = CnClipConfig.rn50()
     assert config.embed_dim == 1024 and config.preprocess().image_size == 224
     assert config.vision == ResNetVisionConfig(layers=(3, 4, 6, 3), width=64, heads=32, image_resolution=224)
-    assert config.text == BertTextConfig(vocab_size=21128, hidden_size=768, layers=3, heads=12, intermediate_size=3072,
-                                         max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12,
-                                         context_length=52)
+    assert config.text == BertTextConfig(
+        vocab_size=21128,
+        hidden_size=768,
+        layers=3,
+        heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        context_length=52,
+    )
     with torch.device("meta"):
         model = CnClip(config)
     image_side = sum(p.numel() for p in model.visual.parameters())

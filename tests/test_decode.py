@@ -32,3 +32,15 @@ def test_confidence_is_path_probability():
 def test_unknown_decoder():
     with pytest.raises(ValueError):
         decode(_log_probs([1]), "abc", "beam")
+
+
+def test_fold_case_merges_letter_cases_before_the_argmax():
+    from captchalab.runtime.decode import fold_case
+
+    # one step where blank (0.4) beats 'c' (0.3) and 'C' (0.3) separately, but not their sum
+    lp = np.log(np.array([[[0.4, 0.3, 0.3, 0.0 + 1e-9]]], dtype=np.float32))
+    assert decode(lp, "cC7", "ctc-greedy")[0][0] == ""
+    folded, chars = fold_case(lp, "cC7")
+    assert chars == "c7" and folded.shape == (1, 1, 3)
+    ((text, conf),) = decode(folded, chars, "ctc-greedy")
+    assert text == "c" and conf == pytest.approx(0.6, rel=1e-4)

@@ -22,18 +22,18 @@ __all__ = ["OcrReader", "Reading", "read", "load_reader", "evaluate", "expand_pa
 log = logging.getLogger(__name__)
 
 
-def load_reader(model: str | os.PathLike = "default", threads: int | None = None):  # noqa: ANN201
+def load_reader(model: str | os.PathLike = "default", threads: int | None = None, case_sensitive: bool = True):  # noqa: ANN201
     """A reader for ``default``, a bundle folder (onnxruntime) or a training run folder (torch)."""
     path = Path(model)
     if str(model) != "default" and path.is_dir() and not (path / "manifest.json").exists():
         if (path / "best.pt").exists():
             from captchalab.training.reader import TorchOcrReader
 
-            return TorchOcrReader(path)
+            return TorchOcrReader(path, case_sensitive=case_sensitive)
         raise CaptchalabError(f"{path}: neither a model bundle (manifest.json) nor a training run (best.pt)")
     if str(model) != "default" and not path.exists():
         raise CaptchalabError(f"{path}: no such model bundle")
-    return OcrReader(model, threads=threads)
+    return OcrReader(model, threads=threads, case_sensitive=case_sensitive)
 
 
 def expand_paths(paths: Sequence[str], stdin: BinaryIO | None = None) -> Iterator[tuple[str, ImageInput]]:
@@ -56,11 +56,10 @@ def evaluate(
     model: str | os.PathLike, data: str | os.PathLike, case_sensitive: bool = True, batch_size: int = 256
 ) -> dict:
     """Score ``model`` on a labelled folder / labels file; unreadable images are skipped and listed."""
-    reader = load_reader(model)
+    reader = load_reader(model, case_sensitive=case_sensitive)
     items = read_labelled_images(data)
-    model_case = getattr(reader, "case_sensitive", True)
-    compare_case = case_sensitive and model_case
-    charset = set(reader.charset) | ({c.upper() for c in reader.charset} if not model_case else set())
+    compare_case = reader.case_sensitive
+    charset = set(reader.charset) | ({c.upper() for c in reader.charset} if not compare_case else set())
     for item in items:
         outside = sorted(set(item.label) - charset)
         if outside:

@@ -171,11 +171,14 @@ def predict(
     ),
     model: str = typer.Option("default", "--model", "-m", help="'default', a bundle folder or a run folder."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image."),
+    case_insensitive: bool = typer.Option(
+        False, "--case-insensitive", help="Merge upper and lower case of each letter (answers in lower case)."
+    ),
 ) -> None:
     """Read captchas. Bad files get one line each on stderr; exit code 2 if any failed."""
     from captchalab.ocr import expand_paths, load_reader
 
-    reader = load_reader(model)
+    reader = load_reader(model, case_sensitive=not case_insensitive)
     if not paths:
         _interactive(reader)
         return

@@ -36,9 +36,20 @@ from captchalab.models.cnclip_vision import (
 )
 
 __all__ = [
-    "PAD_ID", "BertTextConfig", "ResNetVisionConfig", "VitVisionConfig", "CnClipConfig", "CnClipPreprocess", "CnClip",
-    "ImageTower", "TextTower", "frame_token_ids", "load_cn_clip_checkpoint", "load_hf_chinese_clip",
-    "config_from_state_dict", "hf_to_cn_clip_state_dict",
+    "PAD_ID",
+    "BertTextConfig",
+    "ResNetVisionConfig",
+    "VitVisionConfig",
+    "CnClipConfig",
+    "CnClipPreprocess",
+    "CnClip",
+    "ImageTower",
+    "TextTower",
+    "frame_token_ids",
+    "load_cn_clip_checkpoint",
+    "load_hf_chinese_clip",
+    "config_from_state_dict",
+    "hf_to_cn_clip_state_dict",
 ]
 
 
@@ -86,8 +97,9 @@ class CnClipConfig:
         return cls(
             embed_dim=32,
             vision=ResNetVisionConfig(layers=(1, 1, 1, 1), width=8, heads=4, image_resolution=64),
-            text=BertTextConfig(vocab_size=100, hidden_size=128, layers=2, heads=2, intermediate_size=256,
-                                max_position_embeddings=64),
+            text=BertTextConfig(
+                vocab_size=100, hidden_size=128, layers=2, heads=2, intermediate_size=256, max_position_embeddings=64
+            ),
         )
 
     def preprocess(self) -> CnClipPreprocess:
@@ -104,7 +116,8 @@ class CnClipConfig:
         arch = vision.pop("arch")
         if arch == "modified-resnet":
             vision_config: ResNetVisionConfig | VitVisionConfig = ResNetVisionConfig(
-                **{**vision, "layers": tuple(vision["layers"])})
+                **{**vision, "layers": tuple(vision["layers"])}
+            )
         elif arch == "vit":
             vision_config = VitVisionConfig(**vision)
         else:
@@ -205,8 +218,12 @@ def _vit_heads(width: int) -> int:
     return 16 if width == 1280 else max(1, width // 64)  # ViT-H uses 80-wide heads, all other models 64
 
 
-def config_from_state_dict(state_dict: Mapping[str, torch.Tensor], vision_heads: int | None = None,
-                           text_heads: int | None = None, context_length: int = 52) -> CnClipConfig:
+def config_from_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    vision_heads: int | None = None,
+    text_heads: int | None = None,
+    context_length: int = 52,
+) -> CnClipConfig:
     """Sizes read off the tensor shapes (keys without ``module.``).
 
     Head counts are not in the shapes: by default Chinese-CLIP's rule (64-wide heads; 80 for ViT-H), at least 1.
@@ -228,7 +245,10 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor], vision_heads:
         grid = math.isqrt(sd["visual.positional_embedding"].shape[0] - 1)
         vision = VitVisionConfig(
             layers=_count(sd, r"visual\.transformer\.resblocks\.(\d+)\.attn\.in_proj_weight$"),
-            width=width, heads=vision_heads or _vit_heads(width), patch_size=patch, image_resolution=grid * patch,
+            width=width,
+            heads=vision_heads or _vit_heads(width),
+            patch_size=patch,
+            image_resolution=grid * patch,
         )
     vocab_size, hidden = sd["bert.embeddings.word_embeddings.weight"].shape
     text = BertTextConfig(
@@ -246,8 +266,11 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor], vision_heads:
 
 def _describe(config: CnClipConfig) -> str:
     v, t = config.vision, config.text
-    vision = (f"ResNet{list(v.layers)}x{v.width}" if isinstance(v, ResNetVisionConfig)
-              else f"ViT{v.layers}x{v.width}/{v.patch_size}")
+    vision = (
+        f"ResNet{list(v.layers)}x{v.width}"
+        if isinstance(v, ResNetVisionConfig)
+        else f"ViT{v.layers}x{v.width}/{v.patch_size}"
+    )
     return f"{vision}@{v.image_resolution} + BERT{t.layers}x{t.hidden_size}, embed {config.embed_dim}"
 
 
@@ -256,8 +279,9 @@ def _names(keys: Sequence[str], limit: int = 6) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def _build_strict(state_dict: dict[str, torch.Tensor], config: CnClipConfig | None, source: Path,
-                  **infer: int) -> CnClip:
+def _build_strict(
+    state_dict: dict[str, torch.Tensor], config: CnClipConfig | None, source: Path, **infer: int
+) -> CnClip:
     """A CnClip in eval mode holding exactly ``state_dict``; any missing, unexpected or misshapen key is an error."""
     if config is None:
         try:
@@ -271,13 +295,20 @@ def _build_strict(state_dict: dict[str, torch.Tensor], config: CnClipConfig | No
     expected = model.state_dict()
     missing = sorted(expected.keys() - state_dict.keys())
     unexpected = sorted(state_dict.keys() - expected.keys())
-    misshapen = [f"{k} {tuple(state_dict[k].shape)} != {tuple(expected[k].shape)}"
-                 for k in sorted(expected.keys() & state_dict.keys()) if state_dict[k].shape != expected[k].shape]
-    problems = [f"{label}: {_names(keys)}" for label, keys in
-                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", misshapen)) if keys]
+    misshapen = [
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(expected[k].shape)}"
+        for k in sorted(expected.keys() & state_dict.keys())
+        if state_dict[k].shape != expected[k].shape
+    ]
+    problems = [
+        f"{label}: {_names(keys)}"
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", misshapen))
+        if keys
+    ]
     if problems:
-        raise CaptchalabError(f"{source}: does not fit the Chinese-CLIP model ({_describe(config)}): "
-                              + "; ".join(problems))
+        raise CaptchalabError(
+            f"{source}: does not fit the Chinese-CLIP model ({_describe(config)}): " + "; ".join(problems)
+        )
     model.load_state_dict(state_dict, strict=True)  # casts fp16 checkpoints to the model's fp32
     return model.eval()
 
@@ -298,8 +329,11 @@ def _torch_load(path: Path) -> object:
 
 
 def _tensor_dict(obj: object) -> dict[str, torch.Tensor] | None:
-    if isinstance(obj, Mapping) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                for k, v in obj.items()):
+    if (
+        isinstance(obj, Mapping)
+        and obj
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    ):
         return dict(obj)
     return None
 
@@ -320,8 +354,9 @@ def load_cn_clip_checkpoint(path: str | Path, config: CnClipConfig | None = None
     state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
     state_dict = {k: v for k, v in state_dict.items() if not _IGNORED.match(k)}
     if any(k.startswith(("text_model.", "vision_model.")) for k in state_dict):
-        raise CaptchalabError(f"{path}: holds Hugging Face ChineseCLIPModel weights; load its folder with "
-                              "load_hf_chinese_clip")
+        raise CaptchalabError(
+            f"{path}: holds Hugging Face ChineseCLIPModel weights; load its folder with load_hf_chinese_clip"
+        )
     return _build_strict(state_dict, config, path)
 
 
@@ -367,7 +402,8 @@ def hf_to_cn_clip_state_dict(hf: Mapping[str, torch.Tensor]) -> dict[str, torch.
     for (layer, kind), parts in packed.items():
         if set(parts) == {"q", "k", "v"}:
             out[f"visual.transformer.resblocks.{layer}.attn.in_proj_{kind}"] = torch.cat(
-                [parts["q"], parts["k"], parts["v"]])
+                [parts["q"], parts["k"], parts["v"]]
+            )
         else:  # incomplete: keep the HF names so the strict check reports them
             out.update({f"vision_model.encoder.layers.{layer}.self_attn.{p}_proj.{kind}": t for p, t in parts.items()})
     return out
@@ -427,11 +463,13 @@ def load_hf_chinese_clip(folder: str | Path) -> CnClip:
     # older configs also carry *_config_dict, whose values win (as in transformers' ChineseCLIPConfig)
     text_cfg = {**(hf_config.get("text_config") or {}), **(hf_config.get("text_config_dict") or {})}
     vision_cfg = {**(hf_config.get("vision_config") or {}), **(hf_config.get("vision_config_dict") or {})}
-    required = {("text", "hidden_act"): (text_cfg.get("hidden_act", "gelu"), "gelu"),
-                ("text", "layer_norm_eps"): (text_cfg.get("layer_norm_eps", 1e-12), 1e-12),
-                ("text", "pad_token_id"): (text_cfg.get("pad_token_id", 0), 0),
-                ("vision", "hidden_act"): (vision_cfg.get("hidden_act", "quick_gelu"), "quick_gelu"),
-                ("vision", "layer_norm_eps"): (vision_cfg.get("layer_norm_eps", 1e-5), 1e-5)}
+    required = {
+        ("text", "hidden_act"): (text_cfg.get("hidden_act", "gelu"), "gelu"),
+        ("text", "layer_norm_eps"): (text_cfg.get("layer_norm_eps", 1e-12), 1e-12),
+        ("text", "pad_token_id"): (text_cfg.get("pad_token_id", 0), 0),
+        ("vision", "hidden_act"): (vision_cfg.get("hidden_act", "quick_gelu"), "quick_gelu"),
+        ("vision", "layer_norm_eps"): (vision_cfg.get("layer_norm_eps", 1e-5), 1e-5),
+    }
     for (tower, name), (value, wanted) in required.items():
         if value != wanted:
             raise CaptchalabError(f"{config_path}: {tower} {name} is {value!r}; only {wanted!r} is supported")
@@ -439,5 +477,10 @@ def load_hf_chinese_clip(folder: str | Path) -> CnClip:
     for file in _hf_weight_files(folder):
         weights.update(_read_weight_file(file))
     state_dict = hf_to_cn_clip_state_dict(weights)
-    return _build_strict(state_dict, None, folder, vision_heads=vision_cfg.get("num_attention_heads", 12),
-                         text_heads=text_cfg.get("num_attention_heads", 12))
+    return _build_strict(
+        state_dict,
+        None,
+        folder,
+        vision_heads=vision_cfg.get("num_attention_heads", 12),
+        text_heads=text_cfg.get("num_attention_heads", 12),
+    )

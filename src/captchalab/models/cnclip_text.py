@@ -67,8 +67,10 @@ class BertSelfAttention(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
-        q, k, v = (proj(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, heads, L, d)
-                   for proj in (self.query, self.key, self.value))
+        q, k, v = (
+            proj(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, heads, L, d)
+            for proj in (self.query, self.key, self.value)
+        )
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + mask_bias  # (B, heads, L, L)
         weights = self.dropout(torch.softmax(scores, dim=-1))
         return (weights @ v).transpose(1, 2).flatten(2)  # (B, L, H)

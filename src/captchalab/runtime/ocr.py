@@ -12,7 +12,7 @@ import numpy as np
 
 from captchalab.imaging import ImageInput, Preprocess, load_image
 from captchalab.runtime.bundle import load_bundle, onnx_session
-from captchalab.runtime.decode import decode
+from captchalab.runtime.decode import decode, fold_case, fold_case_charset
 
 
 @dataclass(frozen=True)
@@ -26,14 +26,21 @@ class OcrReader:
     changes after construction, and onnxruntime sessions are thread-safe)."""
 
     def __init__(
-        self, model: str | os.PathLike = "default", threads: int | None = None, providers: list[str] | None = None
+        self,
+        model: str | os.PathLike = "default",
+        threads: int | None = None,
+        providers: list[str] | None = None,
+        case_sensitive: bool = True,
     ):
+        """``case_sensitive=False`` merges the two cases of each letter before decoding (output in lower case)."""
         self.bundle = load_bundle(model, "ocr")
         manifest = self.bundle.manifest
         self.preprocess = Preprocess.from_dict(manifest["preprocess"])
-        self.charset: str = manifest["charset"]
+        self.model_charset: str = manifest["charset"]
         self.decoder: str = manifest["decoder"]
-        self.case_sensitive: bool = manifest.get("case_sensitive", True)
+        self.case_sensitive: bool = manifest.get("case_sensitive", True) and case_sensitive
+        self._fold = manifest.get("case_sensitive", True) and not case_sensitive
+        self.charset: str = fold_case_charset(self.model_charset) if self._fold else self.model_charset
         self.threads = threads
         self._session = onnx_session(self.bundle.file("model"), threads, providers)
         self._input = self._session.get_inputs()[0].name
@@ -45,7 +52,7 @@ class OcrReader:
     def run(self, batch: np.ndarray) -> list[Reading]:
         """A preprocessed (B, C, H, W) batch -> readings."""
         (log_probs,) = self._session.run(None, {self._input: batch})
-        return [Reading(text, conf) for text, conf in decode(log_probs, self.charset, self.decoder)]
+        return decode_readings(log_probs, self.model_charset, self.decoder, self._fold)
 
     def read(self, image: ImageInput) -> Reading:
         """One image (path, bytes, PIL image or uint8 array) -> Reading(text, confidence)."""
@@ -65,6 +72,13 @@ class OcrReader:
                     pending = pool.submit(self.inputs, following)
                 readings += self.run(batch)
         return readings
+
+
+def decode_readings(log_probs: np.ndarray, chars: str, decoder: str, fold: bool) -> list[Reading]:
+    """Model output (B, T, K+1) -> readings, optionally folding letter case first."""
+    if fold:
+        log_probs, chars = fold_case(log_probs, chars)
+    return [Reading(text, conf) for text, conf in decode(log_probs, chars, decoder)]
 
 
 _default_readers: dict[str, OcrReader] = {}
