@@ -1,6 +1,7 @@
 """The OCR commands through the real entry point, on tiny generated data."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -254,3 +255,17 @@ def test_export_refuses_to_overwrite_a_non_bundle(tiny_run: Path, tmp_path: Path
     result = run_cli("ocr", "export", str(tiny_run), "--out", str(target), check=False)
     assert result.returncode == 2 and "not a bundle" in result.stderr_text
     assert (target / "notes.txt").read_text() == "mine"
+
+
+def test_cosine_schedule_and_resume_with_a_larger_budget(tiny_data: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    common = ["--size", "48x16", "--batch-size", "64"]
+    run_cli("ocr", "train", str(tiny_data), "--out", str(run), "--schedule", "cosine", "--max-epochs", "2", *common)
+    run_cli("ocr", "train", str(tiny_data), "--out", str(run), "--resume", "--max-epochs", "4")
+    rows = (run / "log.csv").read_text().splitlines()[1:]
+    lrs = [float(row.split(",")[4]) for row in rows]
+    assert [int(row.split(",")[0]) for row in rows] == [1, 2, 3, 4]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[1] == pytest.approx(5e-4)  # the first budget: 2 epochs
+    assert lrs[2] == pytest.approx(1e-3 * (1 + math.cos(math.pi * 2 / 4)) / 2)  # re-planned over 4 epochs
+    commands = json.loads((run / "config.json").read_text())["commands"]
+    assert len(commands) == 2 and "--resume" in commands[1]

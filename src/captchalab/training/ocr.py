@@ -53,7 +53,8 @@ class OcrTrainOptions:
     channels: int | None = None
     augment: bool = True
     max_minutes: float | None = None  # stop after the epoch that crosses this much training time
-    schedule: str = "plateau"  # plateau: halve lr when validation stalls; cosine: anneal to 0 over max_epochs
+    # plateau: halve lr when validation stalls; cosine: anneal to 0 over max_epochs (or max_minutes, if sooner)
+    schedule: str = "plateau"
     device: str = "auto"
     workers: int | None = None
     model: dict = field(default_factory=dict)  # extra model config fields (e.g. widths for a tiny model)
@@ -247,7 +248,7 @@ def train_ocr(
     train, valid, test = (_Batches(caches[n], charset, preprocess) for n in ("train", "valid", "test"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     if opts.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opts.max_epochs)
+        scheduler = None  # set by hand from progress, so a time budget or a new epoch budget on resume just works
     elif opts.schedule == "plateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=0.5, patience=max(2, opts.patience // 4)
@@ -261,11 +262,8 @@ def train_ocr(
         state = load_torch(run / "last.pt")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if opts.schedule == "cosine" and scheduler.T_max != opts.max_epochs:  # a new epoch budget
-            scheduler.T_max = opts.max_epochs
-            for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-                group["lr"] = base * (1 + math.cos(math.pi * state["epoch"] / opts.max_epochs)) / 2
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
         history, best_acc, best_epoch = state["history"], state["best_acc"], state["best_epoch"]
         start_epoch = state["epoch"] + 1
         log.info("resuming %s after epoch %d (best valid %.4f at epoch %d)", run, state["epoch"], best_acc, best_epoch)
@@ -279,14 +277,14 @@ def train_ocr(
     epoch = start_epoch
     while not stop:
         started = time.perf_counter()
+        if scheduler is None:
+            _set_cosine_lr(optimizer, opts, history)
         train_loss = _train_epoch(net, train, criterion, optimizer, decoder, opts, epoch, ctx)
         valid_pred = predict_cached(model, valid, charset.chars, decoder, ctx.device)
         valid_report = ocr_report(valid_pred, valid.split.labels, opts.case_sensitive)
         acc = valid_report["exact_accuracy"]
-        if opts.schedule == "plateau":
+        if scheduler is not None:
             scheduler.step(acc)
-        else:
-            scheduler.step()
         row = {
             "epoch": epoch,
             "train_loss": round(train_loss, 5),
@@ -315,7 +313,7 @@ def train_ocr(
                 {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "epoch": epoch,
                     "history": history,
                     "best_acc": best_acc,
@@ -391,6 +389,15 @@ def _train_epoch(
         total += loss.item() * len(idx)
         count += len(idx)
     return total / max(count, 1)
+
+
+def _set_cosine_lr(optimizer: torch.optim.Optimizer, opts: OcrTrainOptions, history: list[dict]) -> None:
+    """Half-cosine from ``opts.lr`` to 0 over the epoch budget, or over the time budget when that ends sooner."""
+    progress = len(history) / opts.max_epochs
+    if opts.max_minutes:
+        progress = max(progress, sum(r["seconds"] for r in history) / (opts.max_minutes * 60))
+    for group in optimizer.param_groups:
+        group["lr"] = opts.lr * (1 + math.cos(math.pi * min(progress, 1.0))) / 2
 
 
 def _write_log(run: Path, history: list[dict]) -> None:
