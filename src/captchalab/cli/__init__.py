@@ -9,6 +9,7 @@ import typer
 
 from captchalab.cli.grid import app as grid_app
 from captchalab.cli.ocr import app as ocr_app
+from captchalab.cli.search import app as search_app
 from captchalab.errors import CaptchalabError
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 app.add_typer(ocr_app, name="ocr")
 app.add_typer(grid_app, name="grid")
+app.add_typer(search_app, name="search")
 
 
 @app.callback()
