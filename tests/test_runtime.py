@@ -80,6 +80,7 @@ def test_batch_matches_single_reads(tiny_bundle: Path, tiny_data: Path):
     reader = OcrReader(tiny_bundle)
     singles = [reader.read(p).text for p in images]
     assert [r.text for r in reader.read_batch(images, batch_size=7)] == singles
+    assert [r.text for r in reader.read_batch(images, batch_size=3, workers=3)] == singles
 
 
 def test_evaluate_refuses_labels_outside_the_model_charset(tiny_bundle: Path, tmp_path: Path, tiny_data: Path):

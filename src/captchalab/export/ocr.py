@@ -167,6 +167,7 @@ def export_ocr(
             if not (out / MANIFEST).exists():
                 raise CaptchalabError(f"{out}: exists and is not a bundle; refusing to overwrite it")
             shutil.rmtree(out)
+        work.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared and shipped
         work.replace(out)
     finally:
         if work.exists():

@@ -58,11 +58,19 @@ class OcrReader:
         """One image (path, bytes, PIL image or uint8 array) -> Reading(text, confidence)."""
         return self.run(self.inputs([image]))[0]
 
-    def read_batch(self, images: Sequence[ImageInput], batch_size: int = 256) -> list[Reading]:
-        """Many images, in batches; the next batch is decoded on a helper thread while the model runs."""
+    def read_batch(self, images: Sequence[ImageInput], batch_size: int = 256, workers: int = 1) -> list[Reading]:
+        """Many images, in batches, results in input order.
+
+        ``workers=1``: the next batch is decoded on a helper thread while the model runs (pair it with a
+        multi-threaded session). ``workers=N``: N threads each decode and run whole batches (pair it with
+        ``threads=1``: N independent pipelines, no locking between them; the fastest on a small CPU).
+        """
         chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
         if len(chunks) <= 1:
             return self.run(self.inputs(chunks[0])) if chunks else []
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                return [r for batch in pool.map(lambda c: self.run(self.inputs(c)), chunks) for r in batch]
         readings: list[Reading] = []
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(self.inputs, chunks[0])
