@@ -239,7 +239,7 @@ def generate(out_dir: str | Path, count: int, config: GenerateConfig, workers: i
     else:
         with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(config,)) as pool:
             names = list(track(pool.map(_write_one, jobs, chunksize=64), len(jobs), "generating"))
-    log.info("wrote %d captchas to %s", len(names), out)
+    log.debug("wrote %d captchas to %s", len(names), out)
     return names
 
 
