@@ -209,10 +209,9 @@ def test_torchrun_two_processes_train_one_run(tiny_data: Path, tmp_path: Path):
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # a free port of its own: no clash with another run on this machine
         "--nproc_per_node",
         "2",
-        "--master_port",
-        "29533",
         "-m",
         "captchalab",
         "ocr",
