@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("CAPTCHALAB_PROGRESS", "0")
+CLI = [sys.executable, "-m", "captchalab"]  # the real entry point, in this interpreter
 
 
 def run_cli(
@@ -17,7 +18,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """Run the real ``captchalab`` entry point in a subprocess; returns the completed process (text output)."""
     process = subprocess.run(
-        [sys.executable, "-m", "captchalab", *args],
+        [*CLI, *args],
         input=input,
         capture_output=True,
         timeout=timeout,

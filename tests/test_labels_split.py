@@ -70,3 +70,9 @@ def test_too_small_to_split_and_bad_ratios():
     with pytest.raises(CaptchalabError):
         parse_ratios("0.8,0.2")
     assert parse_ratios("8,1,1") == pytest.approx((0.8, 0.1, 0.1))
+
+
+def test_case_insensitive_reading_folds_labels(tmp_path):
+    _png(tmp_path / "0-AbC9.png")
+    assert read_labelled_images(tmp_path)[0].label == "AbC9"
+    assert read_labelled_images(tmp_path, case_sensitive=False)[0].label == "abc9"

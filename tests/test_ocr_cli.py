@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import CLI, run_cli
 
 
 def test_train_writes_every_run_file(tiny_run: Path):
@@ -141,24 +141,8 @@ def test_corrupt_training_images_are_skipped_with_one_warning(tiny_data: Path, t
 @pytest.mark.slow
 def test_resume_after_kill_9_loses_no_epoch(tiny_data: Path, tmp_path: Path):
     run = tmp_path / "run"
-    args = [
-        sys.executable,
-        "-m",
-        "captchalab",
-        "ocr",
-        "train",
-        str(tiny_data),
-        "--out",
-        str(run),
-        "--max-epochs",
-        "6",
-        "--patience",
-        "50",
-        "--batch-size",
-        "16",
-        "--size",
-        "48x16",
-    ]
+    args = [*CLI, "ocr", "train", str(tiny_data), "--out", str(run)]
+    args += "--max-epochs 6 --patience 50 --batch-size 16 --size 48x16".split()
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "last.pt").exists():

@@ -72,8 +72,11 @@ def _item(labels_file: Path, path: str, label: str) -> LabelledImage:
     return LabelledImage(resolved, label, path)
 
 
-def read_labelled_images(source: str | Path) -> list[LabelledImage]:
-    """All labelled images of a dataset: a folder (searched recursively), a ``.tsv`` or a ``.jsonl`` file."""
+def read_labelled_images(source: str | Path, case_sensitive: bool = True) -> list[LabelledImage]:
+    """All labelled images of a dataset: a folder (searched recursively), a ``.tsv`` or a ``.jsonl`` file.
+
+    ``case_sensitive=False`` folds every label to lower case.
+    """
     root = Path(source)
     if root.is_dir():
         items = _from_folder(root)
@@ -87,4 +90,6 @@ def read_labelled_images(source: str | Path) -> list[LabelledImage]:
         raise CaptchalabError(f"{root}: expected a folder of images, a .tsv or a .jsonl labels file")
     if not items:
         raise CaptchalabError(f"{root}: no labelled images found ({', '.join(IMAGE_SUFFIXES)})")
+    if not case_sensitive:
+        items = [LabelledImage(i.path, i.label.lower(), i.key) for i in items]
     return items

@@ -31,15 +31,13 @@ INT8_MAX_DROP = 0.005
 
 
 def _split_images(run: Path, config: dict, split: str) -> tuple[np.ndarray, list[str]]:
-    """The run's cached images and labels for ``split`` (rebuilt from the data if the cache was deleted)."""
+    """The run's cached (N, H, W, C) images and labels for ``split`` (rebuilt if the cache was deleted)."""
     keys = read_split(run / "split.json")[split]
-    items = {i.key: i for i in read_labelled_images(config["data"])}
-    if not config["case_sensitive"]:
-        items = {k: type(i)(i.path, i.label.lower(), i.key) for k, i in items.items()}
+    items = {i.key: i for i in read_labelled_images(config["data"], config["case_sensitive"])}
     cached = build_cache(
         [items[k] for k in keys if k in items], Preprocess.from_dict(config["preprocess"]), run / "cache", split
     )
-    return np.asarray(cached.images), cached.labels
+    return cached.images, cached.labels  # memory-mapped: callers read only the rows they use
 
 
 def _onnx_predict(model_file: Path, batch: np.ndarray, config: dict) -> tuple[np.ndarray, list[str]]:

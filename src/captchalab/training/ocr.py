@@ -125,9 +125,7 @@ def predict_cached(
 
 def _prepare(data: Path, run: Path, opts: OcrTrainOptions, reuse_split: bool) -> tuple[dict, dict[str, CachedSplit]]:
     """Read labels, fix the charset, the split and the caches; returns the run config and cached splits."""
-    items = read_labelled_images(data)
-    if not opts.case_sensitive:
-        items = [type(i)(i.path, i.label.lower(), i.key) for i in items]
+    items = read_labelled_images(data, opts.case_sensitive)
     charset = Charset(opts.charset) if opts.charset else Charset.from_labels(i.label for i in items)
     for item in items:
         if charset.unknown(item.label):
