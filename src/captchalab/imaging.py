@@ -90,3 +90,35 @@ class Preprocess:
         """(B, H, W, C) uint8 -> (B, C, H, W) float32 model input."""
         x = batch.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)
         return (x - np.float32(self.mean)) / np.float32(self.std)
+
+
+@dataclass(frozen=True)
+class ClipPreprocess:
+    """Image-text models: squash-resize the whole image to (size, size) RGB, scale to [0, 1], per-channel mean/std.
+
+    This is Chinese-CLIP's transform (no crop, aspect ratio not kept); saved in checkpoints and bundle manifests.
+    """
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+
+    def to_dict(self) -> dict:
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ClipPreprocess:
+        return cls(int(data["size"]), tuple(data["mean"]), tuple(data["std"]), data.get("interpolation", "bicubic"))
+
+    def to_uint8(self, image: Image.Image) -> np.ndarray:
+        """RGB PIL image -> (size, size, 3) uint8, the form kept in training caches."""
+        resample = Image.Resampling[self.interpolation.upper()]
+        return np.asarray(image.convert("RGB").resize((self.size, self.size), resample), dtype=np.uint8)
+
+    def normalize(self, batch: np.ndarray) -> np.ndarray:
+        """(B, S, S, 3) uint8 -> (B, 3, S, S) float32 model input."""
+        x = batch.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+        return (x - mean) / std

@@ -20,9 +20,11 @@ def progress_enabled() -> bool:
     return sys.stderr.isatty()
 
 
-def track(items: Iterable[T], total: int | None = None, description: str = "working") -> Iterator[T]:
+def track(
+    items: Iterable[T], total: int | None = None, description: str = "working", disable: bool = False
+) -> Iterator[T]:
     """Yield from ``items`` while drawing a progress bar with count, elapsed and remaining time."""
-    if not progress_enabled():
+    if disable or not progress_enabled():
         yield from items
         return
     columns = (

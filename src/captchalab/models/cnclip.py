@@ -34,6 +34,7 @@ from captchalab.models.cnclip_vision import (
     VitVisionConfig,
     build_vision_tower,
 )
+from captchalab.runtime.tokenizer import frame_token_ids  # noqa: F401  (re-exported)
 
 __all__ = [
     "PAD_ID",
@@ -67,16 +68,6 @@ class CnClipPreprocess:
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
     interpolation: str = "bicubic"
     context_length: int = 52
-
-
-def frame_token_ids(wordpiece_ids: Sequence[int], cls_id: int, sep_id: int, context_length: int = 52) -> list[int]:
-    """Chinese-CLIP's tokenisation frame: ``[CLS] + ids[:context_length - 2] + [SEP]``, right-padded with 0.
-
-    ``wordpiece_ids`` come from a BERT WordPiece tokenizer over the Chinese vocab (21128 entries, [PAD] = 0). Its
-    training data loader lower-cases the text and replaces “ and ” with a plain quote before tokenising.
-    """
-    ids = [cls_id, *list(wordpiece_ids)[: context_length - 2], sep_id]
-    return ids + [PAD_ID] * (context_length - len(ids))
 
 
 @dataclass(frozen=True)
