@@ -162,6 +162,8 @@ _BOILERPLATE = re.compile(
 )
 _ENGLISH_BOILERPLATE = {"images", "image", "verify", "skip", "submit", "next", "refresh", "all", "none"}
 _CJK_RUN = re.compile(r"[\u3400-\u9fff]+")
+# "in the pictures below" and the like, dropped before matching: 请选择下列图片中的狗 -> 请选择的狗
+_WHERE = re.compile(r"在?(?:下列|下面的?|以下|下方)?(?:图片|图像|图)(?:中|里)的?")
 
 
 def _clean(target: str) -> str:
@@ -195,11 +197,11 @@ def _extract(line: str) -> tuple[str, int] | None:
             word = _clean(match.group(1))
             if word and not _is_boilerplate(word):
                 return word, 2
-    compact = line.replace(" ", "") if _CJK_RUN.search(line) else line
+    compact = _WHERE.sub("", line.replace(" ", "")) if _CJK_RUN.search(line) else line
     for pattern in _CHINESE:
         for match in pattern.finditer(compact):
             word = _clean(match.group("t"))
-            if word and len(word) <= 12 and not _is_boilerplate(word) and _CJK_RUN.search(word):
+            if word and len(word) <= 12 and not _is_boilerplate(word) and (_CJK_RUN.search(word) or word.isalpha()):
                 return word, 2
     for pattern in _ENGLISH:
         match = pattern.search(line)
