@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from captchalab.cli import grid_model  # noqa: F401  (registers grid train/export/solve/eval)
 from captchalab.cli.grid import app as grid_app
 from captchalab.cli.ocr import app as ocr_app
 from captchalab.cli.search import app as search_app

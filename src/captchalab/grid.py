@@ -1,0 +1,97 @@
+"""Public API for picture grids (torch-free): ``solve`` one grid, ``evaluate`` a bundle on generated grids.
+
+>>> from captchalab import grid
+>>> grid.solve("shot.png", "猫").positions        # doctest: +SKIP
+[1, 5]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from captchalab.errors import CaptchalabError
+from captchalab.imaging import ImageInput
+from captchalab.progress import track
+from captchalab.runtime.grid import GridAnswer, GridSolver, load_solver
+
+__all__ = ["GridAnswer", "GridSolver", "evaluate", "load_solver", "read_grid_manifest", "solve"]
+log = logging.getLogger(__name__)
+
+
+def solve(
+    image: ImageInput | None,
+    prompt: str,
+    layout: str = "auto",
+    model: str | os.PathLike = "default",
+    cells: Sequence[ImageInput] | None = None,
+    rule: str | None = None,
+) -> GridAnswer:
+    """Which cells of the grid ``image`` (or of ``cells``, row-major) show ``prompt``; positions are 1-based."""
+    return load_solver(model).solve(prompt, image=image, cells=cells, layout=layout, rule=rule)
+
+
+def read_grid_manifest(grids: str | Path) -> tuple[Path, list[dict]]:
+    """``grids`` = a folder with manifest.jsonl (as ``grid generate`` writes) or the JSONL itself."""
+    path = Path(grids)
+    manifest = path / "manifest.jsonl" if path.is_dir() else path
+    if not manifest.is_file():
+        raise CaptchalabError(f"{grids}: no manifest.jsonl of labelled grids here (make one with `grid generate`)")
+    rows = []
+    for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            row["image"], row["prompt"], row["positions"] = str(row["image"]), str(row["prompt"]), row["positions"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CaptchalabError(f"{manifest}:{number}: not a grid record with image, prompt, positions ({exc})") from None
+        rows.append(row)
+    if not rows:
+        raise CaptchalabError(f"{manifest}: no grids listed")
+    return manifest.parent, rows
+
+
+def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = None, limit: int | None = None) -> dict:
+    """Solve rate (every cell right), cell precision/recall/F1, per-prompt table and latency of a bundle."""
+    root, rows = read_grid_manifest(grids)
+    rows = rows[:limit] if limit else rows
+    solver = load_solver(model)
+    per_prompt: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    tp = fp = fn = solved = unsure = 0
+    seconds, failures = [], []
+    for row in track(rows, len(rows), "solving grids"):
+        started = time.perf_counter()
+        answer = solver.solve(row["prompt"], image=root / row["image"], layout=row.get("layout", "auto"), rule=rule)
+        seconds.append(time.perf_counter() - started)
+        truth, guess = set(row["positions"]), set(answer.positions)
+        tp, fp, fn = tp + len(truth & guess), fp + len(guess - truth), fn + len(truth - guess)
+        ok = truth == guess
+        solved, unsure = solved + ok, unsure + answer.unsure
+        per_prompt[row["prompt"]][0] += ok
+        per_prompt[row["prompt"]][1] += 1
+        if not ok and len(failures) < 20:
+            failures.append({"image": row["image"], "prompt": row["prompt"], "truth": sorted(truth),
+                             "answer": answer.positions, "probabilities": answer.probabilities})  # fmt: skip
+    precision = tp / max(tp + fp, 1)
+    recall = tp / max(tp + fn, 1)
+    return {
+        "model": str(model),
+        "grids": len(rows),
+        "solve_rate": solved / len(rows),
+        "cell_precision": precision,
+        "cell_recall": recall,
+        "cell_f1": 2 * precision * recall / max(precision + recall, 1e-12),
+        "unsure_rate": unsure / len(rows),
+        "rule": rule or solver.rule,
+        "latency_ms": {"median": float(np.median(seconds) * 1000), "p95": float(np.percentile(seconds, 95) * 1000)},
+        "per_prompt": {p: {"solved": s, "grids": n, "solve_rate": s / n} for p, (s, n) in sorted(per_prompt.items())},
+        "failures": failures,
+    }

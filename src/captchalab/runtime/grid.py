@@ -1,0 +1,130 @@
+"""Solve a picture grid: which cells (1-based, row-major) show the prompt word. Torch-free, thread-safe."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+
+from captchalab.errors import CaptchalabError
+from captchalab.imaging import ImageInput, load_image
+from captchalab.runtime.clip import ClipModel, load_clip
+from captchalab.runtime.grid_rules import RULES, RuleParams, cell_scores, pick
+
+log = logging.getLogger(__name__)
+LAYOUTS = {"2x3": (2, 3), "3x2": (3, 2), "3x3": (3, 3)}
+
+
+@dataclass
+class GridAnswer:
+    prompt: str
+    layout: str
+    positions: list[int]  # 1-based, row-major (left to right, top to bottom)
+    probabilities: list[float]  # one per cell, row-major
+    unsure: bool
+    known_prompt: bool
+    rule: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_layout(layout: str) -> tuple[int, int] | None:
+    """``2x3`` (2 rows of 3), ``3x2``, ``3x3`` -> (rows, cols); ``auto`` -> None."""
+    if layout == "auto":
+        return None
+    if layout not in LAYOUTS:
+        raise CaptchalabError(f"unknown layout {layout!r}: use auto, 2x3, 3x2 or 3x3")
+    return LAYOUTS[layout]
+
+
+class GridSolver:
+    """One loaded bundle; ``solve`` may be called from many threads."""
+
+    def __init__(self, model: ClipModel) -> None:
+        self.model = model
+        manifest = model.bundle.manifest
+        decision = manifest["decision"]
+        self.rule = decision["rule"]
+        self.rules = {name: RuleParams.from_dict(p) for name, p in decision["rules"].items()}
+        self.unsure_band = float(decision.get("unsure_band", 0.3))
+        self.prompts = [entry["text"] for entry in manifest.get("prompts", [])]
+        self.aliases = {
+            alias.lower(): entry["text"] for entry in manifest.get("prompts", []) for alias in entry.get("aliases", [])
+        }
+        self._known = set(self.prompts)
+
+    def resolve_prompt(self, prompt: str) -> tuple[str, bool]:
+        """(model text, known?) — an English alias maps to its Chinese word."""
+        text = prompt.strip()
+        if not text:
+            raise CaptchalabError("the prompt is empty: give the word the grid asks for, e.g. --prompt 猫")
+        text = self.aliases.get(text.lower(), text)
+        return text, text in self._known
+
+    def solve(
+        self,
+        prompt: str,
+        image: ImageInput | None = None,
+        cells: Sequence[ImageInput] | None = None,
+        layout: str = "auto",
+        rule: str | None = None,
+    ) -> GridAnswer:
+        """Give either ``image`` (the whole grid; ``layout`` auto/2x3/3x2/3x3) or ``cells`` (row-major)."""
+        text, known = self.resolve_prompt(prompt)
+        rule = rule or self.rule
+        if rule not in RULES or rule not in self.rules:
+            raise CaptchalabError(f"unknown rule {rule!r}: use one of {', '.join(self.rules)}")
+        pictures, layout_name = self._cells(image, cells, layout)
+        if not known:
+            log.warning("the model has not seen the word %r in training; the answer is a guess", text)
+            rule = "threshold"  # margin/softmax compare against known words, which says little about a new one
+        vectors = self.model.embed_images(pictures)
+        prompt_vector = self.model.embed_texts([text])[0]
+        others = [p for p in self.prompts if p != text]
+        other_vectors = self.model.embed_texts(others) if rule != "threshold" else np.zeros((0, self.model.dim))
+        scores = cell_scores(rule, vectors, prompt_vector, other_vectors, self.model.logit_scale)
+        picked, probabilities, unsure = pick(scores, self.rules[rule], self.unsure_band)
+        return GridAnswer(
+            prompt=text,
+            layout=layout_name,
+            positions=[i + 1 for i in picked],
+            probabilities=probabilities,
+            unsure=unsure or not known,
+            known_prompt=known,
+            rule=rule,
+        )
+
+    def _cells(
+        self, image: ImageInput | None, cells: Sequence[ImageInput] | None, layout: str
+    ) -> tuple[list[Image.Image], str]:
+        if (image is None) == (cells is None):
+            raise CaptchalabError("give either a grid image or its cells, not both")
+        if cells is not None:
+            pictures = [load_image(c) for c in cells]
+            if len(pictures) not in (6, 9):
+                raise CaptchalabError(f"{len(pictures)} cells given: a grid has 6 (2x3 / 3x2) or 9 (3x3)")
+            shape = parse_layout(layout) or ((3, 3) if len(pictures) == 9 else (2, 3))
+            if shape[0] * shape[1] != len(pictures):
+                raise CaptchalabError(f"{len(pictures)} cells do not fill a {layout} grid")
+            return pictures, f"{shape[0]}x{shape[1]}"
+        from captchalab.runtime.grid_layout import guess_layout, split_cells
+
+        name = str(image) if isinstance(image, (str, os.PathLike)) else None
+        grid = load_image(image, name=name)
+        shape = parse_layout(layout) or guess_layout(grid)
+        return split_cells(grid, *shape), f"{shape[0]}x{shape[1]}"
+
+
+_SOLVERS: dict[tuple[str, int | None], GridSolver] = {}
+
+
+def load_solver(model: str | os.PathLike = "default", threads: int | None = None) -> GridSolver:
+    key = (str(model), threads)
+    if key not in _SOLVERS:
+        _SOLVERS[key] = GridSolver(load_clip(model, threads))
+    return _SOLVERS[key]

@@ -1,0 +1,66 @@
+"""Decision rules for picture grids: which cells match the prompt, with a probability per cell.
+
+Every rule turns a cell's image vector into one score, and a cell is picked when its score reaches the rule's
+threshold. Thresholds (and the slope that turns a score into a probability) are calibrated on validation data at
+export time, to maximise the whole-grid solve rate; they live in the bundle manifest under ``decision``.
+
+- ``threshold``: cosine(image, prompt).
+- ``margin``: cosine(image, prompt) - the best cosine of the image to any *other* known prompt word.
+- ``softmax`` (the reference article's rule): softmax of logit_scale * cosine over the prompt and every other known
+  word (the article's "dummy texts"); the score is the prompt's share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+RULES = ("threshold", "margin", "softmax")
+
+
+@dataclass(frozen=True)
+class RuleParams:
+    threshold: float
+    slope: float  # probability = sigmoid(slope * (score - threshold))
+    valid_solve_rate: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold, "slope": self.slope, "valid_solve_rate": self.valid_solve_rate}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RuleParams:
+        return cls(float(data["threshold"]), float(data["slope"]), data.get("valid_solve_rate"))
+
+
+def cell_scores(
+    rule: str, cells: np.ndarray, prompt: np.ndarray, others: np.ndarray, logit_scale: float
+) -> np.ndarray:
+    """cells (N, D) and prompt (D,) unit vectors, others (K, D) the other known words -> (N,) scores."""
+    similarity = cells @ prompt  # (N,)
+    if rule == "threshold" or len(others) == 0:
+        return similarity
+    other = cells @ others.T  # (N, K)
+    if rule == "margin":
+        return similarity - other.max(axis=1)
+    if rule == "softmax":
+        logits = logit_scale * np.concatenate([similarity[:, None], other], axis=1)  # (N, 1 + K)
+        logits -= logits.max(axis=1, keepdims=True)
+        weights = np.exp(logits)
+        return weights[:, 0] / weights.sum(axis=1)
+    raise ValueError(f"unknown decision rule {rule!r}; known: {', '.join(RULES)}")
+
+
+def probabilities(scores: np.ndarray, params: RuleParams) -> np.ndarray:
+    z = np.clip(params.slope * (scores - params.threshold), -50, 50)
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def pick(scores: np.ndarray, params: RuleParams, unsure_band: float) -> tuple[list[int], list[float], bool]:
+    """(0-based picked cells, probability per cell, unsure). At least one cell is always picked: a grid has one."""
+    probs = probabilities(scores, params)
+    picked = [int(i) for i in np.flatnonzero(scores >= params.threshold)]
+    unsure = bool(np.any(np.abs(probs - 0.5) < unsure_band))
+    if not picked:
+        picked, unsure = [int(np.argmax(scores))], True
+    return picked, [round(float(p), 4) for p in probs], unsure
