@@ -171,6 +171,18 @@ class ImageIndex:
             root = self.store.get_info("root")
         return Path(root) if root else None
 
+    @property
+    def model_spec(self) -> str | None:
+        """How to load the model that made this index: ``default`` or a bundle folder (recorded by the CLI)."""
+        with self._lock:
+            spec = self.store.get_info("model_spec")
+        return str(spec) if spec else None
+
+    def set_model_spec(self, spec: str) -> None:
+        """Record where the index's model lives, so queries need not name it again."""
+        with self._lock, self.store.transaction():
+            self.store.set_info("model_spec", spec)
+
     def __len__(self) -> int:
         with self._lock:
             return self.store.count()
@@ -212,7 +224,7 @@ class ImageIndex:
                 store.close()
             if len(self) >= self.ann_threshold:
                 self._approx(self._snapshot(), save="locked")
-        log.info("indexed %s: %s", root, report)
+        log.debug("indexed %s: %s", root, report)
         return report
 
     # -- searching --------------------------------------------------------------------------------------------
@@ -345,6 +357,7 @@ class ImageIndex:
         return {
             "index": str(self.path),
             "model_id": self.model_id,
+            "model": self.model_spec,
             "dim": self.dim,
             "root": str(self.root) if self.root else None,
             "images": snapshot.count,
