@@ -52,7 +52,9 @@ def read_grid_manifest(grids: str | Path) -> tuple[Path, list[dict]]:
             row = json.loads(line)
             row["image"], row["prompt"], row["positions"] = str(row["image"]), str(row["prompt"]), row["positions"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CaptchalabError(f"{manifest}:{number}: not a grid record with image, prompt, positions ({exc})") from None
+            raise CaptchalabError(
+                f"{manifest}:{number}: not a grid record with image, prompt, positions ({exc})"
+            ) from None
         rows.append(row)
     if not rows:
         raise CaptchalabError(f"{manifest}: no grids listed")

@@ -18,7 +18,9 @@ from captchalab.errors import CaptchalabError
 def train(
     dataset: Path = typer.Argument(..., help="Chinese-CLIP-format dataset folder (TSV/JSONL, or lmdb/ only)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, log.csv, curves.png, report)."),
-    init: str = typer.Option("default", help="default (shipped model), imagenet, scratch, cn-clip:PATH or hf:PATH."),
+    init: str = typer.Option(
+        "default", help="default (shipped model), a grid bundle, imagenet, scratch, cn-clip:PATH or hf:PATH."
+    ),
     epochs: int = typer.Option(10),
     batch_size: int = typer.Option(128),
     lr: float = typer.Option(5e-5),
@@ -69,7 +71,9 @@ def _model_fields(model_config: str | None, image_size: int | None) -> dict:
     known = {f.name for f in fields(GridClipConfig)} - {"vocab_size"}
     unknown = sorted(set(extra) - known) if isinstance(extra, dict) else ["(not an object)"]
     if unknown:
-        raise CaptchalabError(f"--model-config: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise CaptchalabError(
+            f"--model-config: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
     return {**extra, **({"image_size": image_size} if image_size else {})}
 
 

@@ -105,21 +105,24 @@ def _fp16(path: Path) -> None:
     onnx.save(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True), str(path))
 
 
-def _read_aliases(path: str | Path | None) -> dict[str, list[str]]:
-    """A words.json (``{"words": [{"word", "en"}]}``) or a list of ``{"word"|"text", "en"|"aliases"}``."""
+def _read_aliases(path: str | Path | None) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(aliases, related) per word from a words.json (``{"words": [{"word", "en", "related"}]}``) or a list of
+    ``{"word"|"text", "en"|"aliases", "related"}``. Related words are look-alikes (猫 / 猫脸), never negatives."""
     if not path:
-        return {}
+        return {}, {}
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise CaptchalabError(f"{path}: cannot read aliases ({exc})") from None
     entries = data["words"] if isinstance(data, dict) else data
     aliases: dict[str, list[str]] = {}
+    related: dict[str, list[str]] = {}
     for entry in entries:
         word = entry.get("word") or entry.get("text")
         names = entry.get("aliases") or ([entry["en"]] if entry.get("en") else [])
         aliases.setdefault(word, []).extend(n for n in names if n)
-    return aliases
+        related.setdefault(word, []).extend(entry.get("related", []))
+    return aliases, related
 
 
 def export_grid(
@@ -159,14 +162,15 @@ def export_grid(
         parity = {"fp32": _check_parity("fp32", torch_images, onnx_images, torch_texts)}
         vectors = dict(zip(known, onnx_texts, strict=True))
         logit_scale = float(model.logit_scale.exp().clamp(max=100).item())
-        decision = calibrate(onnx_images, cells.texts, vectors, logit_scale)
+        alias_map, related = _read_aliases(aliases)
+        decision = calibrate(onnx_images, cells.texts, vectors, logit_scale, related)
         if precision == "int8":
             train = read_cells(dataset, "train", preprocess)
             sample = np.random.default_rng(0).permutation(len(train))[:512]
             _quantize(work / "image.onnx", work / "image.int8.onnx", preprocess.normalize(train.pixels[sample]))
             int8_images = _run(work / "image.int8.onnx", "image", images)
             parity["int8"] = _check_parity("int8", torch_images, int8_images, torch_texts)
-            int8_decision = calibrate(int8_images, cells.texts, vectors, logit_scale)
+            int8_decision = calibrate(int8_images, cells.texts, vectors, logit_scale, related)
             drop = _solve_rate(decision) - _solve_rate(int8_decision)
             if drop > INT8_MAX_DROP:
                 raise CaptchalabError(
@@ -178,17 +182,20 @@ def export_grid(
         elif precision == "fp16":
             _fp16(work / "image.onnx")
             _fp16(work / "text.onnx")
-            parity["fp16"] = _check_parity("fp16", torch_images, _run(work / "image.onnx", "image", images), torch_texts)
+            parity["fp16"] = _check_parity(
+                "fp16", torch_images, _run(work / "image.onnx", "image", images), torch_texts
+            )
         shutil.copyfile(run / "vocab.txt", work / "vocab.txt")
         files = {"image": "image.onnx", "text": "text.onnx", "vocab": "vocab.txt"}
         torch_info = None
         if include_weights:
             from safetensors.torch import save_file
 
-            save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(work / "weights.safetensors"))
+            save_file(
+                {k: v.half().contiguous() for k, v in model.state_dict().items()}, str(work / "weights.safetensors")
+            )
             torch_info = {"kind": state["kind"], "config": state["config"], "weights": "weights.safetensors",
                           "dtype": "float16", "use": "captchalab grid train --init BUNDLE (fine-tuning)"}  # fmt: skip
-        alias_map = _read_aliases(aliases)
         manifest = {
             "format_version": FORMAT_VERSION,
             "task": "grid",
@@ -201,10 +208,19 @@ def export_grid(
             "embed_dim": int(onnx_images.shape[1]),
             "logit_scale": logit_scale,
             "image": {"input": "image", "layout": "NCHW", "dtype": "float32", "preprocess": preprocess.to_dict()},
-            "text": {"input": "token_ids", "dtype": "int64", "tokenizer": "bert-wordpiece", "lowercase": True,
-                     "context_length": state["context_length"], "pad_id": 0},  # fmt: skip
+            "text": {
+                "input": "token_ids",
+                "dtype": "int64",
+                "tokenizer": "bert-wordpiece",
+                "lowercase": True,
+                "context_length": state["context_length"],
+                "pad_id": 0,
+            },  # fmt: skip
             "decision": decision,
-            "prompts": [{"text": t, "aliases": sorted(set(alias_map.get(t, [])))} for t in sorted(state["texts"])],
+            "prompts": [
+                {"text": t, "aliases": sorted(set(alias_map.get(t, []))), "related": sorted(set(related.get(t, [])))}
+                for t in sorted(state["texts"])
+            ],
             "metrics": {"parity": parity, "validation_split": split, "training_report": _report(run)},
             "torch": torch_info,
             "training": {

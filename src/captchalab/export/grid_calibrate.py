@@ -25,8 +25,12 @@ class SimulatedGrids:
     truth: list[np.ndarray]  # per grid: bool per cell
 
 
-def simulate_grids(texts: list[str], count: int = 3000, seed: int = 0) -> SimulatedGrids:
-    """Grids drawn from labelled cells; words with no image, or with no other word to mix with, are skipped."""
+def simulate_grids(
+    texts: list[str], count: int = 3000, seed: int = 0, related: dict[str, list[str]] | None = None
+) -> SimulatedGrids:
+    """Grids drawn from labelled cells, as ``grid generate`` makes them: a prompt's look-alikes (``related``) are
+    never its negatives."""
+    related = related or {}
     rng = np.random.default_rng(seed)
     by_text: dict[str, np.ndarray] = {}
     for text in sorted(set(texts)):
@@ -40,7 +44,8 @@ def simulate_grids(texts: list[str], count: int = 3000, seed: int = 0) -> Simula
         prompt = words[rng.integers(len(words))]
         k = int(rng.integers(1, min(4, len(by_text[prompt])) + 1))
         positives = rng.choice(by_text[prompt], size=k, replace=False)
-        others = [w for w in rng.permutation(words) if w != prompt][: size - k]
+        banned = {prompt, *related.get(prompt, [])}
+        others = [w for w in rng.permutation(words) if w not in banned][: size - k]
         negatives = [rng.choice(by_text[w]) for w in others]
         if len(negatives) < size - k:  # too few words: repeat some
             negatives += [rng.choice(by_text[others[i % len(others)]]) for i in range(size - k - len(negatives))]
@@ -91,17 +96,20 @@ def calibrate(
     texts: list[str],
     text_vectors: dict[str, np.ndarray],
     logit_scale: float,
+    related: dict[str, list[str]] | None = None,
     count: int = 3000,
     seed: int = 0,
 ) -> dict:
     """-> the manifest's ``decision``: per rule its threshold, slope and simulated-grid solve rate; the best rule."""
-    grids = simulate_grids(texts, count, seed)
+    related = related or {}
+    grids = simulate_grids(texts, count, seed, related)
     words = sorted(text_vectors)
     rules: dict[str, dict] = {}
     for rule in RULES:
         low, high, all_scores, all_truth = [], [], [], []
         for prompt, rows, truth in zip(grids.prompts, grids.cells, grids.truth, strict=True):
-            others = np.stack([text_vectors[w] for w in words if w != prompt])
+            banned = {prompt, *related.get(prompt, [])}
+            others = np.stack([text_vectors[w] for w in words if w not in banned])
             scores = cell_scores(rule, image_vectors[rows], text_vectors[prompt], others, logit_scale)
             low.append(scores[~truth].max())
             high.append(scores[truth].min())

@@ -56,6 +56,7 @@ class GridSolver:
         self.aliases = {
             alias.lower(): entry["text"] for entry in manifest.get("prompts", []) for alias in entry.get("aliases", [])
         }
+        self.related = {entry["text"]: set(entry.get("related", [])) for entry in manifest.get("prompts", [])}
         self._known = set(self.prompts)
 
     def resolve_prompt(self, prompt: str) -> tuple[str, bool]:
@@ -85,7 +86,8 @@ class GridSolver:
             rule = "threshold"  # margin/softmax compare against known words, which says little about a new one
         vectors = self.model.embed_images(pictures)
         prompt_vector = self.model.embed_texts([text])[0]
-        others = [p for p in self.prompts if p != text]
+        banned = {text, *self.related.get(text, ())}  # look-alikes (猫 / 猫脸) are not evidence against the prompt
+        others = [p for p in self.prompts if p not in banned]
         other_vectors = self.model.embed_texts(others) if rule != "threshold" else np.zeros((0, self.model.dim))
         scores = cell_scores(rule, vectors, prompt_vector, other_vectors, self.model.logit_scale)
         picked, probabilities, unsure = pick(scores, self.rules[rule], self.unsure_band)

@@ -33,9 +33,7 @@ class RuleParams:
         return cls(float(data["threshold"]), float(data["slope"]), data.get("valid_solve_rate"))
 
 
-def cell_scores(
-    rule: str, cells: np.ndarray, prompt: np.ndarray, others: np.ndarray, logit_scale: float
-) -> np.ndarray:
+def cell_scores(rule: str, cells: np.ndarray, prompt: np.ndarray, others: np.ndarray, logit_scale: float) -> np.ndarray:
     """cells (N, D) and prompt (D,) unit vectors, others (K, D) the other known words -> (N,) scores."""
     similarity = cells @ prompt  # (N,)
     if rule == "threshold" or len(others) == 0:

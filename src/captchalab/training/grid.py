@@ -39,7 +39,7 @@ ALL_TEXTS_LIMIT = 1024
 
 @dataclass
 class GridTrainOptions:
-    init: str = "default"  # default | imagenet | scratch | cn-clip:PATH | hf:PATH
+    init: str = "default"  # default | imagenet | scratch | a grid bundle folder | cn-clip:PATH | hf:PATH
     epochs: int = 10
     batch_size: int = 128
     lr: float = 5e-5
@@ -92,6 +92,8 @@ def _init_model(opts: GridTrainOptions, texts: list[str]) -> _Model:
         from captchalab.runtime.bundle import default_bundle_path
 
         return _from_bundle(default_bundle_path("grid"))
+    if (Path(init) / "manifest.json").is_file():
+        return _from_bundle(Path(init))
     if init.startswith("cn-clip:"):
         from captchalab.models.cnclip import load_cn_clip_checkpoint
 
@@ -108,7 +110,9 @@ def _init_model(opts: GridTrainOptions, texts: list[str]) -> _Model:
         net = load_hf_chinese_clip(folder)
         vocab = _read_vocab(Path(opts.vocab) if opts.vocab else folder / "vocab.txt")
     else:
-        raise CaptchalabError(f"unknown --init {init!r}: use default, imagenet, scratch, cn-clip:PATH or hf:PATH")
+        raise CaptchalabError(
+            f"unknown --init {init!r}: use default, imagenet, scratch, a grid bundle folder, cn-clip:PATH or hf:PATH"
+        )
     if len(vocab) != vocab_size(net):
         raise CaptchalabError(f"vocab has {len(vocab)} tokens but the model's text tower expects {vocab_size(net)}")
     return _Model(net, vocab, clip_preprocess(net), opts.context_length or context_length(net))

@@ -78,7 +78,7 @@ def read_cells(dataset: str | Path, split: str, preprocess: ClipPreprocess) -> C
 
 
 def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """(B, 3, S, S) float in [0, 1] -> same, randomly zoomed, shifted, rotated, flipped, brightness/contrast jittered."""
+    """(B, 3, S, S) float in [0, 1] -> same, randomly zoomed, shifted, rotated, flipped and light-jittered."""
     b = batch.shape[0]
 
     def uniform(low: float, high: float) -> torch.Tensor:
