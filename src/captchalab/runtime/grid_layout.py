@@ -42,7 +42,8 @@ def _rgb(image: Image.Image) -> np.ndarray:
 def uniform_lines(pixels: np.ndarray, axis: int) -> np.ndarray:
     """(H, W, 3) pixels -> bool per row (axis=0) or per column (axis=1): is that line one flat colour?"""
     lines = pixels if axis == 0 else pixels.transpose(1, 0, 2)  # (L, N, 3): L lines of N pixels
-    median = np.median(lines, axis=1, keepdims=True)
+    # the median of every 4th pixel stands for the line's colour: 4x less sorting, and a flat line has one colour
+    median = np.median(lines[:, ::4], axis=1, keepdims=True)
     close = (np.abs(lines - median) <= UNIFORM_TOL).all(axis=2)  # (L, N)
     return close.mean(axis=1) >= UNIFORM_FRACTION
 
