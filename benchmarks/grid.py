@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from captchalab.grid import evaluate, read_grid_manifest
-from captchalab.runtime.clip import ClipModel
 from captchalab.runtime.bundle import load_bundle
+from captchalab.runtime.clip import ClipModel
 from captchalab.runtime.grid import GridSolver
 from captchalab.runtime.grid_rules import RULES
 
@@ -85,8 +85,10 @@ def main() -> None:
             "model": args.model,
             "manifest_sha256": load_bundle(args.model, "grid").manifest.get("sha256"),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-            "held_out_grids": {"grids": str(args.grids or "generated: --split test --seed 500"),
-                               **accuracy(args.model, grids)},  # fmt: skip
+            "held_out_grids": {
+                "grids": str(args.grids or "generated: --split test --seed 500"),
+                **accuracy(args.model, grids),
+            },  # fmt: skip
             "latency_9_cells": [latency(args.model, grids, t, args.latency_grids) for t in (1, 2)],
         }
         if args.new_style_grids:

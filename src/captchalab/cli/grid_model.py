@@ -87,6 +87,7 @@ def export_cmd(
     aliases: Path | None = typer.Option(None, help="words.json with English aliases of the prompt words."),
     licenses: Path | None = typer.Option(None, help="JSON list of data/model licences for the manifest."),
     data_statement: str | None = typer.Option(None, help="What the training data was, for the manifest."),
+    training_command: str | None = typer.Option(None, help="How the run was trained [default: the run's command]."),
     no_weights: bool = typer.Option(False, "--no-weights", help="Leave out the torch weights (no fine-tuning)."),
 ) -> None:
     """Export two ONNX towers + manifest; parity-gated, decision rule calibrated on validation grids."""
@@ -98,7 +99,8 @@ def export_cmd(
     license_list = json.loads(licenses.read_text(encoding="utf-8")) if licenses else None
     manifest = export_grid(
         run, out, "fp16" if fp16 else "int8" if int8 else "fp32", dataset=dataset, aliases=aliases,
-        training_data=data_statement, licenses=license_list, include_weights=not no_weights,
+        training_data=data_statement, training_command=training_command, licenses=license_list,
+        include_weights=not no_weights,
     )  # fmt: skip
     decision = manifest["decision"]
     rate = decision["rules"][decision["rule"]]["valid_solve_rate"]

@@ -225,7 +225,7 @@ def export_grid(
             "torch": torch_info,
             "training": {
                 "data": training_data or str(dataset),
-                "command": training_command or config.get("command") or None,
+                "command": training_command or " && ".join(config.get("commands") or []) or config.get("command"),
                 "options": config["options"],
                 "steps": state["step"],
             },

@@ -261,6 +261,7 @@ def train_grid(dataset: str | Path, run: str | Path, opts: GridTrainOptions, com
         "kind": kind, "config": config, "preprocess": preprocess.to_dict(), "context_length": model.context_length,
         "dataset": str(dataset), "options": asdict(opts), "train_images": len(train), "train_texts": len(train_texts),
         "valid_images": len(valid) if valid else 0, "command": command,
+        "commands": _previous_commands(run) + [command],
     }  # fmt: skip
     if ctx.is_main:
         write_json(run / "config.json", config_record)
@@ -342,6 +343,16 @@ def train_grid(dataset: str | Path, run: str | Path, opts: GridTrainOptions, com
         if ctx.is_main:
             save_torch(checkpoint(), run / "last.pt")
     return _finish(run, dataset, net, model, candidates, best, history, config_record, ctx)
+
+
+def _previous_commands(run: Path) -> list[str]:
+    """Commands of earlier sessions of this run (a resumed run keeps the history of how it was made)."""
+    import json
+
+    try:
+        return list(json.loads((run / "config.json").read_text(encoding="utf-8")).get("commands", []))
+    except (OSError, ValueError):
+        return []
 
 
 def _freeze_bn(net: torch.nn.Module, freeze_vision: bool) -> None:
