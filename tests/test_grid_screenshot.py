@@ -323,15 +323,3 @@ def test_engine_is_created_once_across_threads(reader, monkeypatch: pytest.Monke
         engines = list(pool.map(lambda _: screenshot.ocr_engine(), range(8)))
     assert all(engine is engines[0] for engine in engines)
 
-
-@needs_cjk_font
-def test_read_screenshot_timing(reader) -> None:
-    """Not a benchmark: a generous bound that catches a runaway configuration (e.g. upscaling to 736 px)."""
-    shot, _, _ = render_screenshot("请选择所有包含「猫」的图片", 3, 3, cell=(120, 120), gutter=6)
-    reader(shot)  # warm: loads the models
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        reader(shot)
-        times.append(time.perf_counter() - start)
-    assert statistics.median(times) < 5.0

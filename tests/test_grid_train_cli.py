@@ -200,3 +200,15 @@ def test_train_errors(tiny_grid_dataset: Path, tmp_path: Path):
     bad_config = run_cli("grid", "train", str(tiny_grid_dataset), "--out", str(tmp_path / "r"), "--init", "scratch",
                          "--model-config", '{"layers": 3}', check=False)  # fmt: skip
     assert bad_config.returncode == 2 and "unknown field" in bad_config.stderr_text
+
+
+def test_solve_a_screenshot_reads_the_prompt_and_finds_the_grid(tiny_grid_bundle: Path, tmp_path: Path):
+    from tests.test_grid_screenshot import LATIN_FONT, render_screenshot
+
+    shot, _, _ = render_screenshot("Select all images with a cat", 2, 3, LATIN_FONT, gutter=4)
+    shot.save(tmp_path / "shot.png")
+    out = run_cli("grid", "solve", "--screenshot", str(tmp_path / "shot.png"), "--model", str(tiny_grid_bundle),
+                  "--json")  # fmt: skip
+    answer = json.loads(out.stdout_text)
+    assert answer["prompt"] == "cat" and answer["layout"] == "2x3" and len(answer["probabilities"]) == 6
+    assert "has not seen" in out.stderr_text  # the tiny model knows Chinese words only
