@@ -6,9 +6,7 @@ Screenshots are rendered here: a prompt line above a grid of random photo-like c
 from __future__ import annotations
 
 import socket
-import statistics
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -322,4 +320,3 @@ def test_engine_is_created_once_across_threads(reader, monkeypatch: pytest.Monke
     with ThreadPoolExecutor(4) as pool:
         engines = list(pool.map(lambda _: screenshot.ocr_engine(), range(8)))
     assert all(engine is engines[0] for engine in engines)
-
