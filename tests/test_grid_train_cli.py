@@ -212,3 +212,35 @@ def test_solve_a_screenshot_reads_the_prompt_and_finds_the_grid(tiny_grid_bundle
     answer = json.loads(out.stdout_text)
     assert answer["prompt"] == "cat" and answer["layout"] == "2x3" and len(answer["probabilities"]) == 6
     assert "has not seen" in out.stderr_text  # the tiny model knows Chinese words only
+
+
+def test_torchrun_two_processes_train_one_grid_run(tiny_grid_dataset: Path, tmp_path: Path):
+    """DDP on two CPU processes (gloo): one run folder, checkpoints from rank 0, a report."""
+    import sys
+
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "captchalab", "grid", "train", str(tiny_grid_dataset), "--out", str(run), "--init", "scratch",
+               "--epochs", "2", "--batch-size", "32", "--device", "cpu", "--model-config", TINY_GRIDCLIP]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "CAPTCHALAB_PROGRESS": "0", "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert state["epoch"] == 2 and not any(k.startswith("module.") for k in state["state_dict"])
+    assert json.loads((run / "report.json").read_text())["test"]["images"] > 0
+
+
+@pytest.mark.parametrize("flag", ["--int8", "--fp16"])
+def test_reduced_precision_exports(tiny_grid_run: Path, tiny_grid_cells: Path, tmp_path: Path, flag: str):
+    bundle = tmp_path / flag.strip("-")
+    result = run_cli("grid", "export", str(tiny_grid_run), "--out", str(bundle), flag, "--no-weights", check=False)
+    if result.returncode == 2:  # int8 may cost the tiny model accuracy: then it must refuse, in one line
+        assert flag == "--int8" and "int8 export refused" in result.stderr_text
+        assert not bundle.exists()
+        return
+    assert result.returncode == 0, result.stderr_text
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["precision"] == flag.strip("-") and manifest["torch"] is None
+    cells = sorted((tiny_grid_cells / "猫").glob("*.png"))[:3]
+    vectors = ClipModel(load_bundle(bundle, "grid")).embed_images([Image.open(p).convert("RGB") for p in cells])
+    assert vectors.shape[0] == 3 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-3)
