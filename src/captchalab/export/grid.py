@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from captchalab import __version__
 from captchalab.errors import CaptchalabError
+from captchalab.export.common import install_bundle, quantize_int8
 from captchalab.export.grid_calibrate import calibrate
 from captchalab.imaging import ClipPreprocess
 from captchalab.runtime.bundle import FORMAT_VERSION, MANIFEST, onnx_session, sha256_file
@@ -82,20 +83,6 @@ def _check_parity(kind: str, torch_vectors: np.ndarray, onnx_vectors: np.ndarray
             f"images; max embedding difference {max_diff:.2e}"
         )
     return {"images": len(torch_vectors), "nearest_text_disagreements": disagree, "max_abs_diff": max_diff}
-
-
-def _quantize(fp32: Path, out: Path, calibration: np.ndarray) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._batches = iter([{"image": calibration[i : i + 32]} for i in range(0, len(calibration), 32)])
-
-        def get_next(self):  # noqa: ANN201
-            return next(self._batches, None)
-
-    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
 
 
 def _fp16(path: Path) -> None:
@@ -167,7 +154,8 @@ def export_grid(
         if precision == "int8":
             train = read_cells(dataset, "train", preprocess)
             sample = np.random.default_rng(0).permutation(len(train))[:512]
-            _quantize(work / "image.onnx", work / "image.int8.onnx", preprocess.normalize(train.pixels[sample]))
+            calibration = preprocess.normalize(train.pixels[sample])
+            quantize_int8(work / "image.onnx", work / "image.int8.onnx", "image", calibration)
             int8_images = _run(work / "image.int8.onnx", "image", images)
             parity["int8"] = _check_parity("int8", torch_images, int8_images, torch_texts)
             int8_decision = calibrate(int8_images, cells.texts, vectors, logit_scale, related)
@@ -234,12 +222,7 @@ def export_grid(
             "captchalab_version": __version__,
         }
         (work / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
-        if out.exists():
-            if not (out / MANIFEST).exists():
-                raise CaptchalabError(f"{out}: exists and is not a bundle; refusing to overwrite it")
-            shutil.rmtree(out)
-        work.chmod(0o755)
-        work.replace(out)
+        install_bundle(work, out)
     finally:
         if work.exists():
             shutil.rmtree(work)

@@ -19,6 +19,7 @@ from captchalab.data.labels import read_labelled_images
 from captchalab.data.split import read_split
 from captchalab.errors import CaptchalabError
 from captchalab.evaluation import ocr_report
+from captchalab.export.common import install_bundle, quantize_int8
 from captchalab.imaging import Preprocess
 from captchalab.runtime.bundle import FORMAT_VERSION, MANIFEST, onnx_session, sha256_file
 from captchalab.runtime.decode import decode
@@ -45,27 +46,6 @@ def _onnx_predict(model_file: Path, batch: np.ndarray, config: dict) -> tuple[np
     outputs = [session.run(None, {"image": batch[i : i + 512]})[0] for i in range(0, len(batch), 512)]
     log_probs = np.concatenate(outputs)
     return log_probs, [t for t, _ in decode(log_probs, config["charset"], config["decoder"])]
-
-
-def _quantize(fp32: Path, out: Path, calibration: np.ndarray) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._batches = iter([{"image": calibration[i : i + 32]} for i in range(0, len(calibration), 32)])
-
-        def get_next(self):  # noqa: ANN201
-            return next(self._batches, None)
-
-    quantize_static(
-        str(fp32),
-        str(out),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
 
 
 def export_ocr(
@@ -122,7 +102,7 @@ def export_ocr(
         if int8:
             int8_file = work / "model.int8.onnx"
             train_images, _ = _split_images(run, config, "train")
-            _quantize(fp32, int8_file, preprocess.normalize(train_images[:512]))
+            quantize_int8(fp32, int8_file, "image", preprocess.normalize(train_images[:512]))
             _, int8_texts = _onnx_predict(int8_file, batch, config)
             int8_report = ocr_report(int8_texts, labels, config["case_sensitive"])
             drop = report["exact_accuracy"] - int8_report["exact_accuracy"]
@@ -161,12 +141,7 @@ def export_ocr(
             "captchalab_version": __version__,
         }
         (work / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
-        if out.exists():
-            if not (out / MANIFEST).exists():
-                raise CaptchalabError(f"{out}: exists and is not a bundle; refusing to overwrite it")
-            shutil.rmtree(out)
-        work.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared and shipped
-        work.replace(out)
+        install_bundle(work, out)
     finally:
         if work.exists():
             shutil.rmtree(work)

@@ -1,0 +1,38 @@
+"""What every exporter shares: int8 static quantisation and moving a finished bundle into place."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from captchalab.errors import CaptchalabError
+from captchalab.runtime.bundle import MANIFEST
+
+
+def quantize_int8(fp32: Path, out: Path, input_name: str, calibration: np.ndarray, batch: int = 32) -> None:
+    """Static QDQ int8 (per-channel weights, uint8 activations) calibrated on ``calibration`` model inputs."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter([{input_name: calibration[i : i + batch]} for i in range(0, len(calibration), batch)])
+
+        def get_next(self):  # noqa: ANN201
+            return next(self._batches, None)
+
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+
+
+def install_bundle(work: Path, out: Path) -> None:
+    """Replace ``out`` with the finished bundle folder ``work``; never overwrites a folder that is not a bundle."""
+    if out.exists():
+        if not (out / MANIFEST).exists():
+            raise CaptchalabError(f"{out}: exists and is not a bundle; refusing to overwrite it")
+        shutil.rmtree(out)
+    work.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared and shipped
+    for file in work.iterdir():
+        file.chmod(0o644)
+    work.replace(out)
