@@ -164,6 +164,7 @@ def serve(
     port: int = 8765,
     model: str | os.PathLike | None = None,
     on_ready: Callable[[str], None] | None = None,
+    threads: int | None = None,
 ) -> None:
     """Serve the index until Ctrl-C / SIGTERM, advertising itself in the index folder's discovery file."""
     import uvicorn
@@ -173,7 +174,7 @@ def serve(
     running = client.find_server(index_path)
     if running is not None:
         raise CaptchalabError(f"{index_path}: a server for this index is already running at {running.url}")
-    app = create_app(index_path, model)
+    app = create_app(index_path, model, threads)
     sock = _listen(host, port)
     info = client.ServerInfo(host, sock.getsockname()[1], os.getpid(), app.state.embedder.model_id)
     discovery = index_path / client.DISCOVERY

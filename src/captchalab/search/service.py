@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 INDEX_NAME = ".captchalab-index"  # the default index folder, inside the indexed folder (and never indexed)
 MAX_K = 1000
+# One query embeds one image or text: onnxruntime's thread pool costs more to start and tear down (~0.3 s on 2 cores)
+# than it saves, so one-shot commands run the model on one thread; the server keeps onnxruntime's default.
+ONE_SHOT_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -104,9 +107,10 @@ def query(
     k: int = 10,
     model: str | os.PathLike | None = None,
     use_server: bool = True,
+    threads: int | None = ONE_SHOT_THREADS,
 ) -> list[Hit]:
     """Top-k images for a text or an image, best first: through the index's running server if there is one
-    (no model loading), else in this process with the model the index records."""
+    (no model loading), else in this process with the model the index records (``threads`` onnxruntime threads)."""
     check_query(text, image, k)
     index_path = Path(index_path)
     if not (index_path / META).is_file():
@@ -126,7 +130,7 @@ def query(
         except client.ServerUnavailable as exc:
             log.info("server %s did not answer (%s); searching in-process", server.url, exc)
     with ImageIndex.open(index_path) as index:
-        embedder = model_for_index(index, model)
+        embedder = model_for_index(index, model, threads)
         return search(index, embedder, text, None if image is None else load_image(image), k)
 
 
@@ -145,11 +149,13 @@ def parse_labels(labels: str) -> list[str]:
     return found
 
 
-def classify(image: ImageInput, labels: list[str], model: str | os.PathLike = "default") -> list[tuple[str, float]]:
+def classify(
+    image: ImageInput, labels: list[str], model: str | os.PathLike = "default", threads: int | None = ONE_SHOT_THREADS
+) -> list[tuple[str, float]]:
     """Zero-shot label probabilities, as CLIP does: softmax of logit_scale x cosine(image, label), best first."""
     if len(labels) < 2:
         raise CaptchalabError("classification needs at least two labels")
-    embedder = load_model(model)
+    embedder = load_model(model, threads)
     picture = load_image(image)
     image_vector = embed_images_checked(embedder, [picture])[0]
     text_vectors = embed_texts_checked(embedder, label_texts(embedder, labels))
