@@ -23,6 +23,9 @@ demo: venv
 	$(BIN)/captchalab ocr generate demo-captchas --count 20 --length 4-6 --seed 2026
 	$(BIN)/captchalab ocr predict demo-captchas
 	$(BIN)/captchalab ocr eval default demo-captchas --case-insensitive
+	$(BIN)/captchalab grid solve examples/grids/grids/00001.png --prompt 狗脸
+	$(BIN)/captchalab grid solve examples/grids/grids/00000.png --prompt "shooting star" --json
+	$(BIN)/captchalab grid eval default examples/grids
 
 test: venv-dev
 	$(BIN)/python -m pytest -q
@@ -30,6 +33,7 @@ test: venv-dev
 bench: venv-dev
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/ocr.py
+	$(BIN)/python benchmarks/grid.py
 
 lint: venv-dev
 	$(BIN)/ruff check src tests benchmarks

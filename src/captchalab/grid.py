@@ -68,10 +68,15 @@ def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = Non
     solver = load_solver(model)
     per_prompt: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     tp = fp = fn = solved = unsure = 0
-    seconds, failures = [], []
+    seconds, failures, errors = [], [], []
     for row in track(rows, len(rows), "solving grids"):
         started = time.perf_counter()
-        answer = solver.solve(row["prompt"], image=root / row["image"], layout=row.get("layout", "auto"), rule=rule)
+        try:
+            answer = solver.solve(row["prompt"], image=root / row["image"], layout=row.get("layout", "auto"), rule=rule)
+        except CaptchalabError as exc:  # one unreadable or unsplittable grid is a failure, not the end of the eval
+            errors.append(str(exc))
+            fn, per_prompt[row["prompt"]][1] = fn + len(row["positions"]), per_prompt[row["prompt"]][1] + 1
+            continue
         seconds.append(time.perf_counter() - started)
         truth, guess = set(row["positions"]), set(answer.positions)
         tp, fp, fn = tp + len(truth & guess), fp + len(guess - truth), fn + len(truth - guess)
@@ -93,7 +98,11 @@ def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = Non
         "cell_f1": 2 * precision * recall / max(precision + recall, 1e-12),
         "unsure_rate": unsure / len(rows),
         "rule": rule or solver.rule,
-        "latency_ms": {"median": float(np.median(seconds) * 1000), "p95": float(np.percentile(seconds, 95) * 1000)},
+        "latency_ms": {
+            "median": float(np.median(seconds or [0]) * 1000),
+            "p95": float(np.percentile(seconds or [0], 95) * 1000),
+        },
         "per_prompt": {p: {"solved": s, "grids": n, "solve_rate": s / n} for p, (s, n) in sorted(per_prompt.items())},
         "failures": failures,
+        "errors": errors,
     }

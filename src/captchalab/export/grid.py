@@ -140,7 +140,8 @@ def export_grid(
 
     image_tower, text_tower = _ImageTower(model).eval(), _TextTower(model).eval()
     torch_images, torch_texts = _torch_embed(image_tower, images), _torch_embed(text_tower, token_ids)
-    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)  # the bundle is built beside its destination, then renamed
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
     try:
         _onnx_export(image_tower, torch.from_numpy(images[:2]), work / "image.onnx", "image")
         _onnx_export(text_tower, torch.from_numpy(token_ids[:2]), work / "text.onnx", "token_ids")

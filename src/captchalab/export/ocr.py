@@ -72,7 +72,8 @@ def export_ocr(
         )
     torch_texts = [t for t, _ in decode(torch_log_probs, config["charset"], config["decoder"])]
 
-    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)  # the bundle is built beside its destination, then renamed
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
     try:
         fp32 = work / "model.onnx"
         dummy = torch.from_numpy(batch[:2])
