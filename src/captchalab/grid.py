@@ -87,6 +87,7 @@ def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = Non
         if not ok and len(failures) < 20:
             failures.append({"image": row["image"], "prompt": row["prompt"], "truth": sorted(truth),
                              "answer": answer.positions, "probabilities": answer.probabilities})  # fmt: skip
+    times = seconds or [0.0]
     precision = tp / max(tp + fp, 1)
     recall = tp / max(tp + fn, 1)
     return {
