@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from captchalab.imaging import ClipPreprocess
-from captchalab.runtime.bundle import Bundle, load_bundle, onnx_session
+from captchalab.runtime.bundle import Bundle, load_bundle, onnx_session, sha256_file
 from captchalab.runtime.tokenizer import BertTokenizer
 
 IMAGE_BATCH = 64
@@ -30,16 +30,29 @@ class ClipModel:
         manifest = bundle.manifest
         self.preprocess = ClipPreprocess.from_dict(manifest["image"]["preprocess"])
         self.tokenizer = BertTokenizer(bundle.file("vocab"), manifest["text"]["context_length"])
-        self._image = onnx_session(bundle.file("image"), threads, providers)
-        self._text = onnx_session(bundle.file("text"), threads, providers)
+        self._threads, self._providers = threads, providers
+        self._sessions: dict[str, object] = {}  # made on first use: a text query never loads the image tower
         self.dim = int(manifest["embed_dim"])
         self.logit_scale = float(manifest["logit_scale"])
         digest = hashlib.sha256()
         for key in ("image", "text"):
-            digest.update(manifest.get("sha256", {}).get(manifest["files"][key], key).encode())
+            name = manifest["files"][key]
+            digest.update((manifest.get("sha256", {}).get(name) or sha256_file(bundle.file(key))).encode())
         self.model_id = f"grid:{digest.hexdigest()[:16]}"
         self._text_cache: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
+
+    def load_all(self) -> ClipModel:
+        """Open both towers now (a server does this at start, so it never touches the bundle files again)."""
+        self._session("image")
+        self._session("text")
+        return self
+
+    def _session(self, key: str):  # noqa: ANN202
+        with self._lock:
+            if key not in self._sessions:
+                self._sessions[key] = onnx_session(self.bundle.file(key), self._threads, self._providers)
+            return self._sessions[key]
 
     def image_input(self, images: Sequence[Image.Image]) -> np.ndarray:
         """RGB images -> (N, 3, S, S) float32, exactly as training saw them."""
@@ -51,13 +64,13 @@ class ClipModel:
         chunks = []
         for start in range(0, len(images), IMAGE_BATCH):
             x = self.image_input(images[start : start + IMAGE_BATCH])
-            chunks.append(self._image.run(None, {"image": x})[0])
+            chunks.append(self._session("image").run(None, {"image": x})[0])
         return _unit(np.concatenate(chunks))
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         missing = sorted({t for t in texts if t not in self._text_cache})
         if missing:
-            vectors = _unit(self._text.run(None, {"token_ids": self.tokenizer.encode(missing)})[0])
+            vectors = _unit(self._session("text").run(None, {"token_ids": self.tokenizer.encode(missing)})[0])
             with self._lock:
                 self._text_cache.update(zip(missing, vectors, strict=True))
         if not texts:

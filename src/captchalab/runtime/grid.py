@@ -58,6 +58,7 @@ class GridSolver:
         }
         self.related = {entry["text"]: set(entry.get("related", [])) for entry in manifest.get("prompts", [])}
         self._known = set(self.prompts)
+        self._others: dict[str, np.ndarray] = {}
 
     def resolve_prompt(self, prompt: str) -> tuple[str, bool]:
         """(model text, known?) — an English alias maps to its Chinese word."""
@@ -86,9 +87,7 @@ class GridSolver:
             rule = "threshold"  # margin/softmax compare against known words, which says little about a new one
         vectors = self.model.embed_images(pictures)
         prompt_vector = self.model.embed_texts([text])[0]
-        banned = {text, *self.related.get(text, ())}  # look-alikes (猫 / 猫脸) are not evidence against the prompt
-        others = [p for p in self.prompts if p not in banned]
-        other_vectors = self.model.embed_texts(others) if rule != "threshold" else np.zeros((0, self.model.dim))
+        other_vectors = self._other_vectors(text) if rule != "threshold" else np.zeros((0, self.model.dim))
         scores = cell_scores(rule, vectors, prompt_vector, other_vectors, self.model.logit_scale)
         picked, probabilities, unsure = pick(scores, self.rules[rule], self.unsure_band)
         return GridAnswer(
@@ -100,6 +99,13 @@ class GridSolver:
             known_prompt=known,
             rule=rule,
         )
+
+    def _other_vectors(self, text: str) -> np.ndarray:
+        """Text vectors of every known word but the prompt and its look-alikes (猫 / 猫脸), cached per prompt."""
+        if text not in self._others:
+            banned = {text, *self.related.get(text, ())}
+            self._others[text] = self.model.embed_texts([p for p in self.prompts if p not in banned])
+        return self._others[text]
 
     def _cells(
         self, image: ImageInput | None, cells: Sequence[ImageInput] | None, layout: str

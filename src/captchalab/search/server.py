@@ -65,6 +65,7 @@ def create_app(index_path: str | os.PathLike, model: str | os.PathLike | None = 
 
     index = ImageIndex.open(index_path)
     embedder = model_for_index(index, model, threads)
+    embedder.load_all()  # both towers in memory now: queries never pay (or depend on) loading
     _warm_up(index)
     app = fastapi.FastAPI(title="captchalab search", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.index, app.state.embedder = index, embedder
