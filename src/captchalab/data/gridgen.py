@@ -220,6 +220,13 @@ def parse_layout(text: str) -> list[str]:
     return [text]
 
 
+def _check_size_and_seed(cell_size: int, seed: int) -> None:
+    if cell_size < 16:
+        raise CaptchalabError(f"--cell-size must be at least 16, got {cell_size}")
+    if seed < 0:
+        raise CaptchalabError(f"--seed must be 0 or more, got {seed}")
+
+
 @dataclass(frozen=True)
 class GridConfig:
     """What a grid set is made of; picklable, for the worker processes."""
@@ -231,10 +238,7 @@ class GridConfig:
     strength: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.cell_size < 16:
-            raise CaptchalabError(f"--cell-size must be at least 16, got {self.cell_size}")
-        if self.seed < 0:
-            raise CaptchalabError(f"--seed must be 0 or more, got {self.seed}")
+        _check_size_and_seed(self.cell_size, self.seed)
         unknown = [layout for layout in self.layouts if layout not in LAYOUTS]
         if unknown or not self.layouts:
             raise CaptchalabError(f"unknown layout {', '.join(unknown)}; choose one of {', '.join(LAYOUTS)}")
@@ -425,10 +429,7 @@ class CellsConfig:
     strength: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.cell_size < 16:
-            raise CaptchalabError(f"--cell-size must be at least 16, got {self.cell_size}")
-        if self.seed < 0:
-            raise CaptchalabError(f"--seed must be 0 or more, got {self.seed}")
+        _check_size_and_seed(self.cell_size, self.seed)
 
 
 def generate_cells(

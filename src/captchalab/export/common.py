@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import shutil
 from pathlib import Path
 
@@ -26,8 +28,15 @@ def quantize_int8(fp32: Path, out: Path, input_name: str, calibration: np.ndarra
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
 
 
-def install_bundle(work: Path, out: Path) -> None:
-    """Replace ``out`` with the finished bundle folder ``work``; never overwrites a folder that is not a bundle."""
+def install_bundle(work: Path, out: Path, manifest: dict) -> None:
+    """Write ``manifest`` into the finished bundle folder ``work`` (with the licences given, a creation time and
+    the captchalab version), then replace ``out`` with it; never overwrites a folder that is not a bundle."""
+    from captchalab import __version__
+
+    manifest["licenses"] = manifest.get("licenses") or []
+    manifest["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    manifest["captchalab_version"] = __version__
+    (work / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
     if out.exists():
         if not (out / MANIFEST).exists():
             raise CaptchalabError(f"{out}: exists and is not a bundle; refusing to overwrite it")

@@ -5,7 +5,6 @@ decision rule. The validation split goes through torch and ONNX first: any disag
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import shutil
@@ -18,12 +17,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from captchalab import __version__
 from captchalab.errors import CaptchalabError
 from captchalab.export.common import install_bundle, quantize_int8
 from captchalab.export.grid_calibrate import calibrate
 from captchalab.imaging import ClipPreprocess
-from captchalab.runtime.bundle import FORMAT_VERSION, MANIFEST, onnx_session, sha256_file
+from captchalab.runtime.bundle import FORMAT_VERSION, onnx_session, sha256_file
 from captchalab.runtime.tokenizer import BertTokenizer
 from captchalab.training.grid import load_run
 from captchalab.training.grid_data import CellSet, read_cells, split_exists
@@ -219,11 +217,8 @@ def export_grid(
                 "steps": state["step"],
             },
             "licenses": licenses or [],
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "captchalab_version": __version__,
         }
-        (work / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
-        install_bundle(work, out)
+        install_bundle(work, out, manifest)
     finally:
         if work.exists():
             shutil.rmtree(work)

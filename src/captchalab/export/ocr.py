@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import json
 import logging
 import shutil
 import tempfile
@@ -13,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from captchalab import __version__
 from captchalab.data.cache import build_cache
 from captchalab.data.labels import read_labelled_images
 from captchalab.data.split import read_split
@@ -21,7 +18,7 @@ from captchalab.errors import CaptchalabError
 from captchalab.evaluation import ocr_report
 from captchalab.export.common import install_bundle, quantize_int8
 from captchalab.imaging import Preprocess
-from captchalab.runtime.bundle import FORMAT_VERSION, MANIFEST, onnx_session, sha256_file
+from captchalab.runtime.bundle import FORMAT_VERSION, onnx_session, sha256_file
 from captchalab.runtime.decode import decode
 from captchalab.training.checkpoint import load_torch
 from captchalab.training.ocr import load_run_model
@@ -138,11 +135,8 @@ def export_ocr(
                 "epochs": _epochs(run),
             },
             "licenses": licenses or [],
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "captchalab_version": __version__,
         }
-        (work / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
-        install_bundle(work, out)
+        install_bundle(work, out, manifest)
     finally:
         if work.exists():
             shutil.rmtree(work)
