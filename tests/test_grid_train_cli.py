@@ -141,9 +141,15 @@ def test_solve_without_torch(tiny_grid_bundle: Path, tmp_path: Path):
 def test_fine_tune_from_a_bundle(tiny_grid_bundle: Path, tiny_grid_dataset: Path, tmp_path: Path):
     run = tmp_path / "ft"
     run_cli("grid", "train", str(tiny_grid_dataset), "--out", str(run), "--init", str(tiny_grid_bundle),
-            "--epochs", "1", "--batch-size", "32", "--freeze-vision", "--warmup", "1")  # fmt: skip
+            "--epochs", "2", "--batch-size", "32", "--freeze-vision", "--warmup", "1")  # fmt: skip
     state = torch.load(run / "last.pt", weights_only=False)
-    assert state["kind"] == "gridclip" and state["step"] >= 1
+    assert state["kind"] == "gridclip" and state["step"] >= 2
+    from safetensors.torch import load_file
+
+    shipped = load_file(str(tiny_grid_bundle / "weights.safetensors"))
+    for name, tensor in state["state_dict"].items():  # a frozen tower keeps its weights and BatchNorm statistics
+        if name.startswith("visual.") and tensor.is_floating_point():
+            assert torch.equal(tensor.half(), shipped[name]), name
     assert (run / "vocab.txt").read_text() == (tiny_grid_bundle / "vocab.txt").read_text()
 
 

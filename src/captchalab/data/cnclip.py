@@ -145,7 +145,11 @@ def _scan(cells: Path) -> list[_Source]:
     return _scan_jsonl(cells)
 
 
-def _scan_folder(root: Path) -> list[_Source]:
+def label_folders(root: Path) -> list[tuple[str, list[Path]]]:
+    """(label, image files) of each ``<label>/`` sub-folder of ``root`` (NFC-normalised label, files sorted).
+
+    A stray image beside the label folders, no label folder, or a label folder without images is a user error.
+    """
     entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
     stray = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if stray:
@@ -153,14 +157,17 @@ def _scan_folder(root: Path) -> list[_Source]:
     folders = [p for p in entries if p.is_dir()]
     if not folders:
         raise CaptchalabError(f"{root}: folder has no <label>/ sub-folders of images")
-    sources = []
+    found = []
     for folder in folders:
         files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise CaptchalabError(f"{folder}: label folder has no images ({', '.join(IMAGE_SUFFIXES)})")
-        label = unicodedata.normalize("NFC", folder.name)
-        sources += [_Source(p, p.relative_to(root).as_posix(), label) for p in files]
-    return sources
+        found.append((unicodedata.normalize("NFC", folder.name), files))
+    return found
+
+
+def _scan_folder(root: Path) -> list[_Source]:
+    return [_Source(p, p.relative_to(root).as_posix(), label) for label, files in label_folders(root) for p in files]
 
 
 def _scan_jsonl(file: Path) -> list[_Source]:

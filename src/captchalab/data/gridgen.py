@@ -29,8 +29,9 @@ import numpy as np
 from PIL import Image
 
 from captchalab.data.cellstyle import render_cell, render_photo_cell
+from captchalab.data.cnclip import label_folders
 from captchalab.errors import CaptchalabError
-from captchalab.imaging import IMAGE_SUFFIXES, load_image
+from captchalab.imaging import load_image
 from captchalab.progress import track
 
 log = logging.getLogger(__name__)
@@ -165,18 +166,9 @@ def load_folder_source(cells_dir: str | Path) -> CellSource:
     root = Path(cells_dir)
     if not root.is_dir():
         raise CaptchalabError(f"{root}: no such folder of <label>/<image> cells")
-    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
-    stray = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    if stray:
-        raise CaptchalabError(f"{stray[0]}: image outside a label folder; put each image in a <label>/ sub-folder")
-    folders = [p for p in entries if p.is_dir()]
-    if not folders:
-        raise CaptchalabError(f"{root}: folder has no <label>/ sub-folders of images")
+    folders = label_folders(root)
     labels, problems = [], []
-    for folder in track(folders, len(folders), "checking cells"):
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise CaptchalabError(f"{folder}: label folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+    for label, files in track(folders, len(folders), "checking cells"):
         readable = []
         for path in files:
             try:
@@ -186,7 +178,7 @@ def load_folder_source(cells_dir: str | Path) -> CellSource:
                 continue
             readable.append(str(path))
         if readable:
-            labels.append(Label(unicodedata.normalize("NFC", folder.name), tuple(readable)))
+            labels.append(Label(label, tuple(readable)))
     if problems:
         log.warning("skipped %d unreadable image(s): %s", len(problems), "; ".join(problems))
     if not labels:

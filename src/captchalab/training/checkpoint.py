@@ -40,5 +40,17 @@ def write_json(path: Path, data: Any) -> None:
     _atomic(Path(path), lambda handle: handle.write(json.dumps(data, ensure_ascii=False, indent=2).encode("utf-8")))
 
 
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows of the same keys as a CSV file with a header, written atomically."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
 def write_text(path: Path, text: str) -> None:
     _atomic(Path(path), lambda handle: handle.write(text.encode("utf-8")))

@@ -10,8 +10,6 @@ validation image->text accuracy), log.csv, curves.png, report.json. ``resume`` c
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import time
@@ -29,7 +27,7 @@ from captchalab.models.gridclip import GridClip, GridClipConfig
 from captchalab.progress import track
 from captchalab.runtime.tokenizer import BertTokenizer, build_char_vocab, write_vocab
 from captchalab.training import distributed
-from captchalab.training.checkpoint import load_torch, save_torch, write_json, write_text
+from captchalab.training.checkpoint import load_torch, save_torch, write_csv, write_json
 from captchalab.training.grid_data import CellSet, read_cells, split_exists, split_texts, to_model_input
 from captchalab.training.plots import plot_curves
 
@@ -295,13 +293,12 @@ def train_grid(dataset: str | Path, run: str | Path, opts: GridTrainOptions, com
             if improved:
                 save_torch(checkpoint(), run / "best.pt")
             _write_logs(run, history)
-        net.train()
+        _train_mode(net, opts.freeze_vision)
 
     started = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
     generator = torch.Generator().manual_seed(opts.seed * 1000 + ctx.rank)
     running, seen = 0.0, 0
-    net.train()
-    _freeze_bn(net, opts.freeze_vision)
+    _train_mode(net, opts.freeze_vision)
     stop = False
     while epoch < opts.epochs and not stop:
         order = np.random.default_rng(opts.seed + epoch).permutation(len(train))
@@ -355,7 +352,9 @@ def _previous_commands(run: Path) -> list[str]:
         return []
 
 
-def _freeze_bn(net: torch.nn.Module, freeze_vision: bool) -> None:
+def _train_mode(net: torch.nn.Module, freeze_vision: bool) -> None:
+    """Training mode, except a frozen image tower, whose BatchNorm statistics must not drift either."""
+    net.train()
     if freeze_vision:
         net.visual.eval()
 
@@ -381,11 +380,7 @@ def _warn_unknown(tokenizer: BertTokenizer, texts: list[str]) -> None:
 
 
 def _write_logs(run: Path, history: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
-    writer.writeheader()
-    writer.writerows(history)
-    write_text(run / "log.csv", buffer.getvalue())
+    write_csv(run / "log.csv", history)
     plot_curves(history, run / "curves.png", ("i2t_accuracy", "i2t_recall@5", "t2i_recall@1"), "validation")
 
 

@@ -6,8 +6,6 @@ log.csv, accuracy.png, report.json. Every write is atomic; ``resume=True`` conti
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -30,7 +28,7 @@ from captchalab.models import OCR_ARCHS, create_ocr_model, model_config_dict
 from captchalab.progress import track
 from captchalab.runtime.decode import decode
 from captchalab.training import distributed
-from captchalab.training.checkpoint import load_torch, save_torch, write_json, write_text
+from captchalab.training.checkpoint import load_torch, save_torch, write_csv, write_json
 from captchalab.training.plots import plot_curves
 
 log = logging.getLogger(__name__)
@@ -399,9 +397,5 @@ def _set_cosine_lr(optimizer: torch.optim.Optimizer, opts: OcrTrainOptions, hist
 
 
 def _write_log(run: Path, history: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
-    writer.writeheader()
-    writer.writerows(history)
-    write_text(run / "log.csv", buffer.getvalue())
+    write_csv(run / "log.csv", history)
     plot_curves(history, run / "accuracy.png", ("valid_accuracy", "valid_char_accuracy"), "validation accuracy")
