@@ -15,7 +15,15 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from captchalab.errors import CaptchalabError
-from captchalab.runtime.grid_layout import cell_boxes, guess_layout, locate_grid, split_cells
+from captchalab.runtime.grid_layout import (
+    UNIFORM_FRACTION,
+    UNIFORM_TOL,
+    cell_boxes,
+    guess_layout,
+    locate_grid,
+    split_cells,
+    uniform_lines,
+)
 from captchalab.runtime.screenshot import extract_target
 
 CJK_FONTS = [
@@ -144,6 +152,27 @@ def test_split_cells_refuses_a_layout_the_gutters_contradict(drawn: tuple[int, i
         split_cells(grid, *asked)
     message = str(info.value)
     assert f"{grid.width}x{grid.height}" in message and f"{asked[0]}x{asked[1]}" in message
+
+
+def test_uniform_lines_matches_the_plain_definition() -> None:
+    """The fast colour estimate gives what the definition says: a line is flat when UNIFORM_FRACTION of its
+    (every 2nd) pixels lie within UNIFORM_TOL of the line's median colour."""
+    rng = np.random.default_rng(3)
+    grid, _, _ = render_grid(3, 3, cell=(70, 60), gutter=5, border=3, seed=4)
+    pixels = np.asarray(grid, dtype=np.int16).copy()
+    pixels[10] = 200  # a flat line with a few noisy pixels (still flat) and one with too many (not flat)
+    pixels[10, rng.choice(pixels.shape[1], 3, replace=False)] = 0
+    pixels[11] = 200
+    pixels[11, ::8] = 0
+    pixels += rng.integers(-6, 7, pixels.shape, dtype=np.int16)  # JPEG-like noise
+    for axis in (0, 1):
+        lines = (pixels if axis == 0 else pixels.transpose(1, 0, 2))[:, ::2]
+        median = np.median(lines, axis=1, keepdims=True)
+        expected = (np.abs(lines - median) <= UNIFORM_TOL).all(axis=2).mean(axis=1) >= UNIFORM_FRACTION
+        got = uniform_lines(pixels, axis)
+        assert got.any() and not got.all()
+        np.testing.assert_array_equal(got, expected)
+    assert uniform_lines(pixels, 0)[10] and not uniform_lines(pixels, 0)[11]
 
 
 def test_split_cells_refuses_unequal_cells() -> None:

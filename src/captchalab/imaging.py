@@ -114,7 +114,8 @@ class ClipPreprocess:
     def to_uint8(self, image: Image.Image) -> np.ndarray:
         """RGB PIL image -> (size, size, 3) uint8, the form kept in training caches."""
         resample = Image.Resampling[self.interpolation.upper()]
-        return np.asarray(image.convert("RGB").resize((self.size, self.size), resample), dtype=np.uint8)
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        return np.asarray(rgb.resize((self.size, self.size), resample), dtype=np.uint8)
 
     def normalize(self, batch: np.ndarray) -> np.ndarray:
         """(B, S, S, 3) uint8 -> (B, 3, S, S) float32 model input."""
