@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Build the picture-grid icon library (build time only; the package never runs this).
 
-Fetches pinned npm packages with ``npm pack`` (CLDR emoji names from ``emojibase-data``, emoji artwork from seven
-Iconify JSON sets), chooses a few hundred prompt words and rasterises each word's icon in every style::
+Fetches pinned npm packages with ``npm pack`` (CLDR emoji names from ``emojibase-data``, emoji artwork from ten
+Iconify JSON sets, three of them for training only), chooses a few hundred prompt words and rasterises each word's
+icon in every style::
 
     python scripts/build_grid_icons.py [--out data/grid-icons] [--cache data/npm-cache]
 
@@ -76,9 +77,22 @@ STYLES: dict[str, StyleSource] = {
     ),
     "emojione": StyleSource("@iconify-json/emojione", "1.2.3"),
     "openmoji": StyleSource("@iconify-json/openmoji", "1.2.29"),
+    # training-only designs (never a test style): older and monochrome drawings of the same emojis
+    "noto-v1": StyleSource("@iconify-json/noto-v1", "1.2.5"),
+    "emojione-monotone": StyleSource("@iconify-json/emojione-monotone", "1.2.1", names_from="emojione"),
+    "fluent-emoji-high-contrast": StyleSource(
+        "@iconify-json/fluent-emoji-high-contrast", "1.2.6", names_from="fluent-emoji-flat"
+    ),
 }
 DEFAULT_STYLES = ["twemoji", "noto", "fluent-emoji-flat", "fluent-emoji", "fxemoji", "emojione"]
 HOLDOUT_STYLE = "openmoji"
+# Extra training styles -> the default styles of the same family. A word whose held-out test icon is of that family
+# gets no icon in the extra style, so no other drawing by the same designers leaks into its test.
+EXTRA_STYLES = {
+    "noto-v1": {"noto"},
+    "emojione-monotone": {"emojione"},
+    "fluent-emoji-high-contrast": {"fluent-emoji", "fluent-emoji-flat"},
+}
 
 GROUPS = {3: "animals-nature", 4: "food-drink", 5: "travel-places", 6: "activities", 7: "objects"}
 SKIP_SUBGROUPS = {"time"}  # clock faces: 24 near-identical pictures
@@ -240,6 +254,15 @@ def assign_test_styles(words: list[dict]) -> None:
         used[style] += 1
 
 
+def drop_same_family_extras(words: list[dict]) -> None:
+    """Remove a word's extra (training-only) styles drawn by the family of its held-out test style."""
+    for word in words:
+        for style, family in EXTRA_STYLES.items():
+            if word["test_style"] in family and style in word["styles"]:
+                word["styles"].remove(style)
+                del word["icons"][style]
+
+
 def related_words(words: list[dict]) -> None:
     """Words a human could take for each other (猫 / 猫脸, book / green book): never each other's negatives."""
     tokens = {w["word"]: set(w["en"].lower().replace("-", " ").split()) for w in words}
@@ -348,6 +371,7 @@ def build(out: Path, cache: Path, max_words: int, force: bool) -> dict:
         keep = {w["word"] for w in sorted(words, key=lambda w: w["_rank"])[:max_words]}
         words = [w for w in words if w["word"] in keep]
     assign_test_styles(words)
+    drop_same_family_extras(words)
     related_words(words)
 
     library = {
@@ -362,6 +386,7 @@ def build(out: Path, cache: Path, max_words: int, force: bool) -> dict:
         "styles": styles_meta,
         "default_styles": DEFAULT_STYLES,
         "holdout_style": HOLDOUT_STYLE,
+        "extra_styles": {style: sorted(family) for style, family in EXTRA_STYLES.items()},
         "words": [],
     }
     words_file = out / "words.json"

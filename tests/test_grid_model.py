@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from captchalab.export.grid_calibrate import best_threshold, calibrate, fit_slope, simulate_grids
+from captchalab.export.grid_calibrate import (
+    best_threshold,
+    calibrate,
+    count_solved,
+    fit_rule,
+    fit_slope,
+    simulate_grids,
+)
 from captchalab.models.effnet_lite import EfficientNetLiteTrunk, load_imagenet_weights, pretrained_weights_path
 from captchalab.models.gridclip import GridClip, GridClipConfig
 from captchalab.runtime.grid_rules import RuleParams, cell_scores, pick
@@ -128,3 +135,48 @@ def test_pick_always_answers_and_flags_doubt():
     params = RuleParams(threshold=0.5, slope=10.0)
     picked, _, unsure = pick(np.array([0.1, 0.2, 0.3]), params, 0.3)
     assert picked == [2] and unsure
+
+
+def test_relative_rule_picks_cells_near_the_best_and_probabilities_agree():
+    params = RuleParams(threshold=0.5, slope=20.0, relative=0.1)
+    scores = np.array([0.42, 0.35, 0.1, 0.3, 0.05, 0.2])  # a new style: no cell reaches 0.5
+    picked, probabilities, unsure = pick(scores, params, 0.3)
+    assert picked == [0, 1] and unsure  # within 0.1 of the best; nothing reached the absolute threshold
+    assert [i for i, p in enumerate(probabilities) if p > 0.5] == [0, 1]
+    picked, _, _ = pick(np.array([0.9, 0.6, 0.1, 0.55, 0.2, 0.3]), params, 0.3)
+    assert picked == [0, 1, 3]  # the threshold still picks on its own
+    old = RuleParams.from_dict({"threshold": 0.5, "slope": 20.0})  # manifests written before ``relative``
+    assert old.relative == 0.0 and pick(scores, old, 0.3)[0] == [0]
+
+
+def shifted_grids(seed: int, count: int = 300) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Half the grids in-distribution (matches ~0.85, hard negatives up to 0.6), half in a new style whose matches
+    fell to ~0.4 together (negatives below 0.2): no single threshold solves both halves."""
+    rng = np.random.default_rng(seed)
+    scores, truths = [], []
+    for g in range(count):
+        size = 9 if g % 2 else 6
+        truth = np.zeros(size, dtype=bool)
+        truth[rng.choice(size, int(rng.integers(1, 5)), replace=False)] = True
+        if g % 4 < 2:
+            s = np.where(truth, rng.uniform(0.8, 0.9, size), rng.uniform(0.2, 0.6, size))
+        else:
+            s = np.where(truth, rng.uniform(0.37, 0.43, size), rng.uniform(-0.2, 0.2, size))
+        scores.append(s)
+        truths.append(truth)
+    return scores, truths
+
+
+def test_fit_rule_is_exact_and_finds_the_relative_margin_a_style_shift_needs():
+    scores, truths = shifted_grids(0)
+    threshold, relative, solved = fit_rule(scores, truths, np.zeros(1))
+    assert solved == count_solved(scores, truths, RuleParams(threshold, 1.0)) < 0.7 * len(truths)
+    threshold, relative, solved = fit_rule(scores, truths)
+    assert solved == len(truths) == count_solved(scores, truths, RuleParams(threshold, 1.0, relative=relative))
+    assert 0.06 <= relative < 0.2
+    rng = np.random.default_rng(1)  # random scores: the reported count is what the runtime's rule does
+    noisy = [rng.normal(size=len(t)) + t for t in truths]
+    threshold, relative, solved = fit_rule(noisy, truths)
+    assert solved == count_solved(noisy, truths, RuleParams(threshold, 1.0, relative=relative)) > 0
+    for other in (0.0, 0.05, 0.3):
+        assert solved >= fit_rule(noisy, truths, np.array([other]))[2]

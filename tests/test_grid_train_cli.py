@@ -97,6 +97,40 @@ def test_eval_on_generated_grids(tiny_grid_bundle: Path, tiny_grid_cells: Path, 
     assert "solve rate" in out.stdout_text
 
 
+def test_calibrate_refits_the_rules_on_labelled_grids(tiny_grid_bundle: Path, tiny_grid_cells: Path, tmp_path: Path):
+    grids = tmp_path / "grids"
+    run_cli("grid", "generate", str(grids), "--count", "30", "--cells", str(tiny_grid_cells), "--layout", "2x3",
+            "--cell-size", "40", "--seed", "5")  # fmt: skip
+    out = tmp_path / "recalibrated"
+    result = run_cli("grid", "calibrate", str(tiny_grid_bundle), str(grids), "--out", str(out))
+    assert "solve rate" in result.stdout_text and f"wrote {out}" in result.stdout_text
+    before = json.loads((tiny_grid_bundle / "manifest.json").read_text())
+    after = json.loads((out / "manifest.json").read_text())
+    report = after["decision"]["recalibrated"]
+    assert report["scored"] == 30 and report["rule"] == after["decision"]["rule"]
+    for rule, row in report["rules"].items():
+        assert row["after"] >= row["before"]
+        assert after["decision"]["rules"][rule]["relative"] == row["relative"] >= 0
+    assert {k: v for k, v in after.items() if k not in ("decision", "created")} == {
+        k: v for k, v in before.items() if k not in ("decision", "created")
+    }
+    for name in before["files"].values():  # the model itself is copied unchanged
+        assert (out / name).read_bytes() == (tiny_grid_bundle / name).read_bytes()
+    run_cli("grid", "eval", str(out), str(grids), "--out", str(tmp_path / "report.json"))
+    evaluated = json.loads((tmp_path / "report.json").read_text())
+    assert evaluated["solve_rate"] == report["rules"][report["rule"]]["after"]  # the fit counts what solve does
+
+
+def test_calibrate_errors_are_one_line(tiny_grid_bundle: Path, tmp_path: Path):
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    Image.new("RGB", (90, 60), "white").save(grids / "a.png")
+    (grids / "manifest.jsonl").write_text(json.dumps({"image": "a.png", "prompt": "恐龙", "positions": [1]}) + "\n")
+    result = run_cli("grid", "calibrate", str(tiny_grid_bundle), str(grids), "--out", str(tmp_path / "o"), check=False)
+    assert result.returncode == 2 and "no grid could be scored" in result.stderr_text
+    assert "Traceback" not in result.stderr_text and not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -130,6 +130,12 @@ def test_styles_and_words_subset(library: Path):
     subset = load_icon_source(library, split="all", words=4)
     assert len(subset.labels) == 4
     assert subset == load_icon_source(library, split="all", words=4)  # fixed subset, no seed involved
+    rest = load_icon_source(library, split="all", skip_words=4)  # e.g. a calibration set beside a benchmark set
+    assert {lb.text for lb in rest.labels}.isdisjoint({lb.text for lb in subset.labels})
+    assert len(rest.labels) == len(WORDS) - 4
+    assert len(load_icon_source(library, split="all", words=3, skip_words=4).labels) == 3
+    with pytest.raises(CaptchalabError, match="--skip-words 11: only 11 words"):
+        load_icon_source(library, split="all", skip_words=11)
     with pytest.raises(CaptchalabError, match="unknown style nope"):
         load_icon_source(library, styles=["nope"])
     with pytest.raises(CaptchalabError, match="only 11 words"):
@@ -257,7 +263,7 @@ def test_cli_cells_then_dataset_build_and_grids_from_cells(library: Path, tmp_pa
         (["generate", "{out}", "--count", "2", "--cells", "{tmp}/none"], "no such folder"),
         (["generate", "{out}", "--count", "2", "--cells", "{tmp}/empty"], "no <label>/ sub-folders"),
         (["generate", "{out}", "--count", "2", "--cells", "{tmp}/nolabel"], "label folder has no images"),
-        (["generate", "{out}", "--count", "2", "--cells", "{tmp}/empty", "--styles", "flat"], "not to --cells"),
+        (["generate", "{out}", "--count", "2", "--cells", "{tmp}/empty", "--styles", "flat"], "not --cells"),
         (["cells", "{out}", "--per-word", "0", "--icons", "{lib}"], "--per-word must be at least 1"),
         (["cells", "{tmp}/busy", "--per-word", "1", "--icons", "{lib}"], "not empty"),
     ],

@@ -77,12 +77,15 @@ def generate_grids_cmd(
     split: str | None = typer.Option(None, help="Icons: test (each word's held-out style; default), train or all."),
     cell_size: int = typer.Option(100, help="Cell side in pixels."),
     words: int | None = typer.Option(None, help="Icons: use only this many words (a fixed, seed-free subset)."),
+    skip_words: int = typer.Option(
+        0, help="Icons: leave out the first N words of that fixed order (a set disjoint from --words N)."
+    ),
     workers: int = typer.Option(1, help="Processes; the output is the same for any number."),
 ) -> None:
     """Synthetic picture-grid captchas with their answers (manifest.jsonl)."""
     from captchalab.data.gridgen import GridConfig, generate_grids, parse_layout
 
-    source = _grid_source(icons, cells, styles, split, words, default_split="test")
+    source = _grid_source(icons, cells, styles, split, words, default_split="test", skip_words=skip_words)
     config = GridConfig(source, tuple(parse_layout(layout)), cell_size=cell_size, seed=seed)
     summary = generate_grids(out, count, config, workers=workers, command=_command_line())
     layouts = ", ".join(f"{name} {n}" for name, n in summary["layouts"].items())
@@ -115,7 +118,13 @@ def generate_cells_cmd(
 
 
 def _grid_source(
-    icons: Path | None, cells: Path | None, styles: str | None, split: str | None, words: int | None, default_split: str
+    icons: Path | None,
+    cells: Path | None,
+    styles: str | None,
+    split: str | None,
+    words: int | None,
+    default_split: str,
+    skip_words: int = 0,
 ) -> CellSource:
     from captchalab.data.gridgen import DEFAULT_ICONS, load_folder_source, load_icon_source, parse_styles
     from captchalab.errors import CaptchalabError
@@ -123,7 +132,7 @@ def _grid_source(
     if cells is not None:
         if icons is not None:
             raise CaptchalabError("give --icons or --cells, not both")
-        if styles is not None or split is not None or words is not None:
-            raise CaptchalabError("--styles, --split and --words apply to the icon library, not to --cells")
+        if styles is not None or split is not None or words is not None or skip_words:
+            raise CaptchalabError("--styles, --split, --words and --skip-words apply to the icon library, not --cells")
         return load_folder_source(cells)
-    return load_icon_source(icons or DEFAULT_ICONS, parse_styles(styles), split or default_split, words)
+    return load_icon_source(icons or DEFAULT_ICONS, parse_styles(styles), split or default_split, words, skip_words)

@@ -1,4 +1,4 @@
-"""``captchalab grid train|export|solve|eval``: the image-text model side of picture grids."""
+"""``captchalab grid train|export|calibrate|solve|eval``: the image-text model side of picture grids."""
 
 from __future__ import annotations
 
@@ -105,6 +105,24 @@ def export_cmd(
     decision = manifest["decision"]
     rate = decision["rules"][decision["rule"]]["valid_solve_rate"]
     typer.echo(f"wrote {out}: rule {decision['rule']}, simulated validation solve rate {rate:.4f}")
+
+
+@app.command()
+def calibrate(
+    model: str = typer.Argument(..., help="'default' or a grid bundle folder."),
+    grids: Path = typer.Argument(..., help="Labelled grids of the target kind: a folder with manifest.jsonl."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write (the model files are copied)."),
+    keep_threshold: bool = typer.Option(False, "--keep-threshold", help="Fit only each rule's 'relative'."),
+) -> None:
+    """Re-fit the decision rules (threshold, relative margin) on labelled grids; the model is unchanged."""
+    from captchalab.export.grid_recalibrate import recalibrate
+
+    report = recalibrate(model, grids, out, keep_threshold=keep_threshold)
+    for rule, row in report["rules"].items():
+        typer.echo(f"  rule {rule:9s}: solve rate {row['before']:.4f} -> {row['after']:.4f} "
+                   f"(threshold {row['threshold']:.4f}, relative {row['relative']:.3f})")  # fmt: skip
+    skipped = f", {report['skipped']} skipped" if report["skipped"] else ""
+    typer.echo(f"wrote {out}: rule {report['rule']}, fitted on {report['scored']} grids{skipped}")
 
 
 @app.command()

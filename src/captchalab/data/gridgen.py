@@ -107,8 +107,10 @@ def load_icon_source(
     styles: list[str] | None = None,
     split: str = "train",
     words: int | None = None,
+    skip_words: int = 0,
 ) -> CellSource:
-    """The labels of an icon library restricted to ``styles`` (default: its default styles) and ``split``."""
+    """The labels of an icon library restricted to ``styles`` (default: its default styles) and ``split``; with
+    ``words`` / ``skip_words``, the words ``skip_words .. skip_words + words`` of a fixed, seed-free order."""
     if split not in SPLITS:
         raise CaptchalabError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     root = Path(icons_dir)
@@ -148,14 +150,19 @@ def load_icon_source(
         log.warning("%d icon(s) listed in words.json are missing, e.g. %s", len(missing), missing[0])
     if not labels:
         raise CaptchalabError(f"{root}: no word has an icon in style(s) {', '.join(chosen)} for split {split!r}")
-    if words is not None:
-        if words < 1:
+    if words is not None or skip_words:
+        if words is not None and words < 1:
             raise CaptchalabError(f"--words must be at least 1, got {words}")
-        if words > len(labels):
+        if skip_words < 0:
+            raise CaptchalabError(f"--skip-words must be 0 or more, got {skip_words}")
+        wanted = (words or 0) + skip_words
+        if wanted > len(labels) or skip_words >= len(labels):
             raise CaptchalabError(
-                f"--words {words}: only {len(labels)} words have icons in style(s) {', '.join(chosen)}, split {split}"
+                f"--words {words} --skip-words {skip_words}: only {len(labels)} words have icons in style(s) "
+                f"{', '.join(chosen)}, split {split}"
             )
-        keep = {label.text for label in sorted(labels, key=lambda lb: _stable_hash(lb.text))[:words]}
+        order = sorted(labels, key=lambda lb: _stable_hash(lb.text))
+        keep = {label.text for label in order[skip_words : skip_words + words if words else None]}
         labels = [label for label in labels if label.text in keep]
     log.debug("icon library %s: %d words, styles %s, split %s", root, len(labels), ",".join(chosen), split)
     return CellSource("icons", str(root), tuple(labels), tuple(chosen), split)

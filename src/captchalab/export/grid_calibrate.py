@@ -64,6 +64,10 @@ def best_threshold(low: np.ndarray, high: np.ndarray) -> tuple[float, int]:
     Candidates are midpoints between consecutive interval ends; among the best, the middle of the longest run of
     consecutive best candidates, so the threshold sits as far as the data allows from the nearest mistake.
     """
+    solvable = low < high  # the others count for no threshold (and would be subtracted by the sweep below)
+    low, high = low[solvable], high[solvable]
+    if len(low) == 0:
+        return 0.0, 0
     values = np.unique(np.concatenate([low, high]))
     if len(values) < 2:
         return float(values[0]), 0
@@ -79,6 +83,52 @@ def best_threshold(low: np.ndarray, high: np.ndarray) -> tuple[float, int]:
             start = None
     _, first, last = max(runs)
     return float((values[first] + values[last + 1]) / 2), best
+
+
+RELATIVE_STEPS = np.round(np.arange(0.0, 0.5001, 0.005), 3)  # candidate values of a rule's ``relative``
+
+
+def solved_intervals(scores: list[np.ndarray], truths: list[np.ndarray], relative: float) -> tuple[np.ndarray, ...]:
+    """Per grid, the thresholds t that solve it when cells within ``relative`` of the grid's best are also picked:
+    (low, high], as two arrays; grids no t solves are left out (a negative is the best cell, or within ``relative``
+    of it). high is +inf where every positive is picked through ``relative`` alone."""
+    low, high = [], []
+    for s, truth in zip(scores, truths, strict=True):
+        cut = float(s.max()) - relative  # a cell reaching min(t, cut) is picked
+        negative = float(s[~truth].max()) if (~truth).any() else -np.inf
+        positive = float(s[truth].min())
+        if negative >= cut:
+            continue
+        low.append(negative)
+        high.append(np.inf if positive >= cut else positive)
+    return np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+
+
+def fit_rule(
+    scores: list[np.ndarray], truths: list[np.ndarray], relatives: np.ndarray = RELATIVE_STEPS
+) -> tuple[float, float, int]:
+    """(threshold, relative, grids solved) that solve the most grids; ties go to the smallest ``relative``."""
+    finite = np.concatenate(scores)
+    span = float(finite.max() - finite.min()) + 1e-6
+    best: tuple[int, float, float] | None = None
+    for relative in relatives:
+        low, high = solved_intervals(scores, truths, float(relative))
+        if len(low) == 0:
+            continue
+        # open ends become finite just past the scores, so the sweep can place a threshold there
+        low = np.where(np.isfinite(low), low, finite.min() - span)
+        high = np.where(np.isfinite(high), high, finite.max() + span)
+        threshold, solved = best_threshold(low, high)
+        if best is None or solved > best[0]:
+            best = (solved, threshold, float(relative))
+    if best is None:
+        return float(np.median(finite)), 0.0, 0
+    return best[1], best[2], best[0]
+
+
+def count_solved(scores: list[np.ndarray], truths: list[np.ndarray], params: RuleParams) -> int:
+    """How many grids the rule solves exactly (every cell right), as the runtime decides."""
+    return sum(bool(np.array_equal(s >= params.cutoff(s), truth)) for s, truth in zip(scores, truths, strict=True))
 
 
 def fit_slope(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
@@ -106,16 +156,14 @@ def calibrate(
     words = sorted(text_vectors)
     rules: dict[str, dict] = {}
     for rule in RULES:
-        low, high, all_scores, all_truth = [], [], [], []
+        all_scores, all_truth = [], []
         for prompt, rows, truth in zip(grids.prompts, grids.cells, grids.truth, strict=True):
             banned = {prompt, *related.get(prompt, [])}
             others = np.stack([text_vectors[w] for w in words if w not in banned])
-            scores = cell_scores(rule, image_vectors[rows], text_vectors[prompt], others, logit_scale)
-            low.append(scores[~truth].max())
-            high.append(scores[truth].min())
-            all_scores.append(scores)
+            all_scores.append(cell_scores(rule, image_vectors[rows], text_vectors[prompt], others, logit_scale))
             all_truth.append(truth)
-        threshold, solved = best_threshold(np.asarray(low), np.asarray(high))
+        # in-distribution grids say nothing about style shift: ``relative`` stays 0 here (see ``grid calibrate``)
+        threshold, _, solved = fit_rule(all_scores, all_truth, np.zeros(1))
         slope = fit_slope(np.concatenate(all_scores), np.concatenate(all_truth), threshold)
         rules[rule] = RuleParams(float(threshold), float(slope), solved / len(grids.prompts)).to_dict()
         log.info("rule %s: threshold %.4f, simulated validation grids solved %.4f", rule, threshold, solved / count)

@@ -101,7 +101,9 @@ def fit_axis(uniform: np.ndarray, n: int) -> AxisFit:
     trail = next((i for i, u in enumerate(uniform[::-1]) if not u), length)
     # (G, T, B): every gutter width and border pair at once
     g, t, b = np.meshgrid(
-        np.arange(limit + 1 if n > 1 else 1), np.arange(min(lead, limit) + 1), np.arange(min(trail, limit) + 1),
+        np.arange(limit + 1 if n > 1 else 1),
+        np.arange(min(lead, limit) + 1),
+        np.arange(min(trail, limit) + 1),
         indexing="ij",
     )
     cell = (length - t - b - (n - 1) * g) / n

@@ -8,6 +8,11 @@ export time, to maximise the whole-grid solve rate; they live in the bundle mani
 - ``margin``: cosine(image, prompt) - the best cosine of the image to any *other* known prompt word.
 - ``softmax`` (the reference article's rule): softmax of logit_scale * cosine over the prompt and every other known
   word (the article's "dummy texts"); the score is the prompt's share.
+
+Every rule may also pick cells scoring within ``relative`` of the grid's best cell. A grid always has a match, and
+on pictures unlike the training data (a new art style) the matching cells' scores fall together, below a threshold
+calibrated in-distribution, while staying close to each other; ``relative`` (0 = off) is fitted by
+``captchalab grid calibrate`` on labelled grids of the target kind.
 """
 
 from __future__ import annotations
@@ -22,15 +27,23 @@ RULES = ("threshold", "margin", "softmax")
 @dataclass(frozen=True)
 class RuleParams:
     threshold: float
-    slope: float  # probability = sigmoid(slope * (score - threshold))
+    slope: float  # probability = sigmoid(slope * (score - effective threshold))
     valid_solve_rate: float | None = None
+    relative: float = 0.0  # also pick cells within this of the grid's best score (0: threshold only)
 
     def to_dict(self) -> dict:
-        return {"threshold": self.threshold, "slope": self.slope, "valid_solve_rate": self.valid_solve_rate}
+        return {"threshold": self.threshold, "slope": self.slope, "valid_solve_rate": self.valid_solve_rate,
+                "relative": self.relative}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict) -> RuleParams:
-        return cls(float(data["threshold"]), float(data["slope"]), data.get("valid_solve_rate"))
+        relative = float(data.get("relative", 0.0))
+        return cls(float(data["threshold"]), float(data["slope"]), data.get("valid_solve_rate"), relative)
+
+    def cutoff(self, scores: np.ndarray) -> float:
+        """The grid's effective threshold: a cell is picked when its score reaches it. Never above the best cell's
+        score: a grid always has a match, so the best cell is picked even when nothing reaches the threshold."""
+        return min(self.threshold, float(scores.max()) - max(self.relative, 0.0))
 
 
 def cell_scores(rule: str, cells: np.ndarray, prompt: np.ndarray, others: np.ndarray, logit_scale: float) -> np.ndarray:
@@ -50,15 +63,16 @@ def cell_scores(rule: str, cells: np.ndarray, prompt: np.ndarray, others: np.nda
 
 
 def probabilities(scores: np.ndarray, params: RuleParams) -> np.ndarray:
-    z = np.clip(params.slope * (scores - params.threshold), -50, 50)
+    """Per-cell probability of a match; above 0.5 exactly for the cells the rule picks."""
+    z = np.clip(params.slope * (scores - params.cutoff(scores)), -50, 50)
     return 1.0 / (1.0 + np.exp(-z))
 
 
 def pick(scores: np.ndarray, params: RuleParams, unsure_band: float) -> tuple[list[int], list[float], bool]:
-    """(0-based picked cells, probability per cell, unsure). At least one cell is always picked: a grid has one."""
+    """(0-based picked cells, probability per cell, unsure). At least one cell is always picked: a grid has one.
+
+    Unsure: some cell's probability is within ``unsure_band`` of 0.5, or no cell reached the absolute threshold."""
     probs = probabilities(scores, params)
-    picked = [int(i) for i in np.flatnonzero(scores >= params.threshold)]
-    unsure = bool(np.any(np.abs(probs - 0.5) < unsure_band))
-    if not picked:
-        picked, unsure = [int(np.argmax(scores))], True
+    picked = [int(i) for i in np.flatnonzero(scores >= params.cutoff(scores))]
+    unsure = bool(np.any(np.abs(probs - 0.5) < unsure_band)) or not bool(np.any(scores >= params.threshold))
     return picked, [round(float(p), 4) for p in probs], unsure

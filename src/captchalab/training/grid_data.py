@@ -78,7 +78,8 @@ def read_cells(dataset: str | Path, split: str, preprocess: ClipPreprocess) -> C
 
 
 def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """(B, 3, S, S) float in [0, 1] -> same, randomly zoomed, shifted, rotated, flipped and light-jittered."""
+    """(B, 3, S, S) float in [0, 1] -> same, randomly zoomed, shifted, rotated, flipped, light- and
+    saturation-jittered (emoji sets differ in palette more than in shape)."""
     b = batch.shape[0]
 
     def uniform(low: float, high: float) -> torch.Tensor:
@@ -99,6 +100,9 @@ def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     brightness = uniform(-0.12, 0.12).to(batch)[:, None, None, None]
     contrast = uniform(0.75, 1.25).to(batch)[:, None, None, None]
+    saturation = uniform(0.6, 1.3).to(batch)[:, None, None, None]
+    grey = (out * torch.tensor([0.299, 0.587, 0.114]).to(batch)[None, :, None, None]).sum(1, keepdim=True)
+    out = grey + (out - grey) * saturation
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     return ((out - mean) * contrast + mean + brightness).clamp(0, 1)
 
