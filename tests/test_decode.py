@@ -44,3 +44,29 @@ def test_fold_case_merges_letter_cases_before_the_argmax():
     assert chars == "c7" and folded.shape == (1, 1, 3)
     ((text, conf),) = decode(folded, chars, "ctc-greedy")
     assert text == "c" and conf == pytest.approx(0.6, rel=1e-4)
+
+
+def test_restrict_charset_drops_classes_and_renormalises():
+    from captchalab.runtime.decode import restrict_charset
+
+    # a '0' drawn like an 'O': 'O' wins among all classes, '0' once the alphabet is a-z0-9
+    lp = np.log(np.array([[[0.1, 0.5, 0.3, 0.1]]], dtype=np.float32))  # blank, 'O', '0', 'o'
+    assert decode(lp, "O0o", "ctc-greedy")[0][0] == "O"
+    kept, chars = restrict_charset(lp, "O0o", "0o")
+    assert chars == "0o" and kept.shape == (1, 1, 3)
+    np.testing.assert_allclose(np.exp(kept).sum(-1), 1.0, rtol=1e-5)
+    ((text, conf),) = decode(kept, chars, "ctc-greedy")
+    assert text == "0" and conf == pytest.approx(0.6, rel=1e-4)
+
+
+def test_allowed_chars_reads_presets_and_names_what_the_model_lacks():
+    from captchalab.errors import CaptchalabError
+    from captchalab.runtime.decode import allowed_chars
+
+    model = "abcxyzABC0123"
+    assert allowed_chars("lower+digits", model) == "abcxyz0123"
+    assert allowed_chars("digits", model) == "0123"
+    assert allowed_chars("cA", model) == "cA"
+    assert allowed_chars("Z", "abcz") == "z"  # the other case counts where the model has only one
+    with pytest.raises(CaptchalabError, match="cannot output any"):
+        allowed_chars("%", model)

@@ -8,7 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from tests.conftest import run_cli
 
+from captchalab import ocr
 from captchalab.errors import CaptchalabError
 from captchalab.ocr import OcrReader, evaluate, load_reader
 from captchalab.runtime.bundle import default_bundle_path, load_bundle
@@ -102,6 +104,20 @@ def test_bundle_errors(tmp_path: Path, tiny_bundle: Path):
         load_bundle(broken, "ocr")
     with pytest.raises(CaptchalabError, match="no such model bundle"):
         load_reader(tmp_path / "missing")
+
+
+def test_predict_and_eval_with_a_given_alphabet(tiny_bundle: Path, tiny_data: Path, tmp_path: Path):
+    charset = json.loads((tiny_bundle / "manifest.json").read_text())["charset"]
+    digits = "".join(c for c in charset if c.isdigit())
+    image = sorted(tiny_data.glob("*.png"))[0]
+    out = run_cli("ocr", "predict", "--json", "--model", str(tiny_bundle), "--charset", digits, str(image))
+    assert set(json.loads(out.stdout_text)["text"]) <= set(digits)
+    reading = ocr.read(image, model=tiny_bundle, charset="digits" if len(digits) == 10 else digits)
+    assert set(reading.text) <= set(digits)
+    run_cli("ocr", "eval", str(tiny_bundle), str(tiny_data), "--charset", charset, "-o", str(tmp_path / "r.json"))
+    assert json.loads((tmp_path / "r.json").read_text())["images"] > 0
+    bad = run_cli("ocr", "predict", "--model", str(tiny_bundle), "--charset", "%", str(image), check=False)
+    assert bad.returncode == 2 and "cannot output" in bad.stderr_text and "Traceback" not in bad.stderr_text
 
 
 @pytest.mark.skipif(not (default_bundle_path("ocr") / "manifest.json").exists(), reason="no default bundle yet")

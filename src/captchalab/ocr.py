@@ -22,18 +22,24 @@ __all__ = ["OcrReader", "Reading", "read", "load_reader", "evaluate", "expand_pa
 log = logging.getLogger(__name__)
 
 
-def load_reader(model: str | os.PathLike = "default", threads: int | None = None, case_sensitive: bool = True):  # noqa: ANN201
-    """A reader for ``default``, a bundle folder (onnxruntime) or a training run folder (torch)."""
+def load_reader(  # noqa: ANN201
+    model: str | os.PathLike = "default",
+    threads: int | None = None,
+    case_sensitive: bool = True,
+    charset: str | None = None,
+):
+    """A reader for ``default``, a bundle folder (onnxruntime) or a training run folder (torch); ``charset`` limits
+    what it can read (e.g. ``'lower+digits'``)."""
     path = Path(model)
     if str(model) != "default" and path.is_dir() and not (path / "manifest.json").exists():
         if (path / "best.pt").exists():
             from captchalab.training.reader import TorchOcrReader
 
-            return TorchOcrReader(path, case_sensitive=case_sensitive)
+            return TorchOcrReader(path, case_sensitive=case_sensitive, charset=charset)
         raise CaptchalabError(f"{path}: neither a model bundle (manifest.json) nor a training run (best.pt)")
     if str(model) != "default" and not path.exists():
         raise CaptchalabError(f"{path}: no such model bundle")
-    return OcrReader(model, threads=threads, case_sensitive=case_sensitive)
+    return OcrReader(model, threads=threads, case_sensitive=case_sensitive, charset=charset)
 
 
 def expand_paths(paths: Sequence[str], stdin: BinaryIO | None = None) -> Iterator[tuple[str, ImageInput]]:
@@ -53,10 +59,15 @@ def expand_paths(paths: Sequence[str], stdin: BinaryIO | None = None) -> Iterato
 
 
 def evaluate(
-    model: str | os.PathLike, data: str | os.PathLike, case_sensitive: bool = True, batch_size: int = 256
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    case_sensitive: bool = True,
+    batch_size: int = 256,
+    charset: str | None = None,
 ) -> dict:
-    """Score ``model`` on a labelled folder / labels file; unreadable images are skipped and listed."""
-    reader = load_reader(model, case_sensitive=case_sensitive)
+    """Score ``model`` on a labelled folder / labels file; unreadable images are skipped and listed. ``charset``
+    limits what the model may read (the alphabet of the captchas, when known)."""
+    reader = load_reader(model, case_sensitive=case_sensitive, charset=charset)
     items = read_labelled_images(data)
     compare_case = reader.case_sensitive
     charset = set(reader.charset) | ({c.upper() for c in reader.charset} if not compare_case else set())

@@ -143,6 +143,12 @@ def export_cmd(
     )
 
 
+CHARSET_HELP = (
+    "Only read these characters, when you know the captchas' alphabet: presets joined by '+' (lower, upper, digits, "
+    "alnum) or literal characters, e.g. lower+digits (like ddddocr's set_ranges)."
+)
+
+
 @app.command("eval")
 def eval_cmd(
     model: str = typer.Argument(..., help="'default', a bundle folder or a training run folder."),
@@ -151,11 +157,12 @@ def eval_cmd(
         None, "--out", "-o", help="Where to write the JSON report (default: eval-report.json beside the data)."
     ),
     case_insensitive: bool = typer.Option(False, "--case-insensitive", help="Compare ignoring case."),
+    charset: str | None = typer.Option(None, help=CHARSET_HELP),
 ) -> None:
     """Score a model on labelled images: exact and per-character accuracy, most confused pairs."""
     from captchalab.ocr import evaluate
 
-    report = evaluate(model, data, case_sensitive=not case_insensitive)
+    report = evaluate(model, data, case_sensitive=not case_insensitive, charset=charset)
     target = out or (data if data.is_dir() else data.parent) / "eval-report.json"
     target.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
     typer.echo(
@@ -174,11 +181,12 @@ def predict(
     case_insensitive: bool = typer.Option(
         False, "--case-insensitive", help="Merge upper and lower case of each letter (answers in lower case)."
     ),
+    charset: str | None = typer.Option(None, help=CHARSET_HELP),
 ) -> None:
     """Read captchas. Bad files get one line each on stderr; exit code 2 if any failed."""
     from captchalab.ocr import expand_paths, load_reader
 
-    reader = load_reader(model, case_sensitive=not case_insensitive)
+    reader = load_reader(model, case_sensitive=not case_insensitive, charset=charset)
     if not paths:
         _interactive(reader)
         return

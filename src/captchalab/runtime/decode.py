@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from captchalab.errors import CaptchalabError
+
 DECODERS = ("ctc-greedy", "fixed")
 
 
@@ -43,3 +45,30 @@ def fold_case(log_probs: np.ndarray, chars: str) -> tuple[np.ndarray, str]:
 def fold_case_charset(chars: str) -> str:
     """The charset ``fold_case`` decodes into: lower case, duplicates dropped, first-seen order."""
     return "".join(dict.fromkeys(c.lower() for c in chars))
+
+
+def allowed_chars(spec: str, model_chars: str) -> str:
+    """The model characters an output alphabet (``'lower+digits'``, ``'0123456789'``, ...) allows, in model order.
+
+    Letters of the other case count when the model has only one case of them; characters of the alphabet that the
+    model never outputs are simply never read. Raises CaptchalabError when the two have nothing in common.
+    """
+    from captchalab.data.charset import parse_charset_spec
+
+    known = set(model_chars)
+    wanted = {c if c in known or c.swapcase() not in known else c.swapcase() for c in parse_charset_spec(spec)}
+    allowed = "".join(c for c in model_chars if c in wanted)
+    if not allowed:
+        raise CaptchalabError(f"--charset {spec!r}: the model cannot output any of these characters")
+    return allowed
+
+
+def restrict_charset(log_probs: np.ndarray, chars: str, allowed: str) -> tuple[np.ndarray, str]:
+    """Keep the blank and the classes of ``allowed`` (a subset of ``chars``), renormalised: (B, T, K+1) ->
+    (B, T, K'+1). A reader told the alphabet (as ddddocr's ``set_ranges``) can no longer answer 'O' for a '0'
+    in an a-z0-9 captcha."""
+    keep = np.array([0] + [i + 1 for i, c in enumerate(chars) if c in set(allowed)])
+    kept = log_probs[..., keep]
+    top = kept.max(-1, keepdims=True)
+    kept = kept - (top + np.log(np.exp(kept - top).sum(-1, keepdims=True)))
+    return kept, "".join(c for c in chars if c in set(allowed))

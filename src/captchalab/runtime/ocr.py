@@ -12,7 +12,7 @@ import numpy as np
 
 from captchalab.imaging import ImageInput, Preprocess, load_image
 from captchalab.runtime.bundle import load_bundle, onnx_session
-from captchalab.runtime.decode import decode, fold_case, fold_case_charset
+from captchalab.runtime.decode import allowed_chars, decode, fold_case, fold_case_charset, restrict_charset
 
 
 @dataclass(frozen=True)
@@ -31,16 +31,18 @@ class OcrReader:
         threads: int | None = None,
         providers: list[str] | None = None,
         case_sensitive: bool = True,
+        charset: str | None = None,
     ):
-        """``case_sensitive=False`` merges the two cases of each letter before decoding (output in lower case)."""
+        """``case_sensitive=False`` merges the two cases of each letter before decoding (output in lower case);
+        ``charset`` (e.g. ``'lower+digits'``) limits what can be read to that alphabet."""
         self.bundle = load_bundle(model, "ocr")
         manifest = self.bundle.manifest
         self.preprocess = Preprocess.from_dict(manifest["preprocess"])
         self.model_charset: str = manifest["charset"]
         self.decoder: str = manifest["decoder"]
-        self.case_sensitive: bool = manifest.get("case_sensitive", True) and case_sensitive
-        self._fold = manifest.get("case_sensitive", True) and not case_sensitive
-        self.charset: str = fold_case_charset(self.model_charset) if self._fold else self.model_charset
+        model_case_sensitive = manifest.get("case_sensitive", True)
+        self.output = OutputSpace.make(self.model_charset, model_case_sensitive, case_sensitive, charset)
+        self.case_sensitive, self.charset = self.output.case_sensitive, self.output.chars
         self.threads = threads
         self._session = onnx_session(self.bundle.file("model"), threads, providers)
         self._input = self._session.get_inputs()[0].name
@@ -52,7 +54,7 @@ class OcrReader:
     def run(self, batch: np.ndarray) -> list[Reading]:
         """A preprocessed (B, C, H, W) batch -> readings."""
         (log_probs,) = self._session.run(None, {self._input: batch})
-        return decode_readings(log_probs, self.model_charset, self.decoder, self._fold)
+        return self.output.readings(log_probs, self.decoder)
 
     def read(self, image: ImageInput) -> Reading:
         """One image (path, bytes, PIL image or uint8 array) -> Reading(text, confidence)."""
@@ -82,8 +84,39 @@ class OcrReader:
         return readings
 
 
-def decode_readings(log_probs: np.ndarray, chars: str, decoder: str, fold: bool) -> list[Reading]:
-    """Model output (B, T, K+1) -> readings, optionally folding letter case first."""
+@dataclass(frozen=True)
+class OutputSpace:
+    """What a reader may answer: the model's characters, optionally limited to an alphabet, then case-folded."""
+
+    model_chars: str
+    allowed: str | None  # a subset of model_chars, or None for all of them
+    fold: bool
+    case_sensitive: bool
+
+    @classmethod
+    def make(
+        cls, model_chars: str, model_case_sensitive: bool, case_sensitive: bool, charset: str | None
+    ) -> OutputSpace:
+        allowed = allowed_chars(charset, model_chars) if charset else None
+        fold = model_case_sensitive and not case_sensitive
+        return cls(model_chars, allowed, fold, model_case_sensitive and case_sensitive)
+
+    @property
+    def chars(self) -> str:
+        """The characters readings are made of."""
+        base = self.allowed if self.allowed is not None else self.model_chars
+        return fold_case_charset(base) if self.fold else base
+
+    def readings(self, log_probs: np.ndarray, decoder: str) -> list[Reading]:
+        return decode_readings(log_probs, self.model_chars, decoder, self.fold, self.allowed)
+
+
+def decode_readings(
+    log_probs: np.ndarray, chars: str, decoder: str, fold: bool, allowed: str | None = None
+) -> list[Reading]:
+    """Model output (B, T, K+1) -> readings, optionally restricted to the ``allowed`` characters, then case-folded."""
+    if allowed is not None and allowed != chars:
+        log_probs, chars = restrict_charset(log_probs, chars, allowed)
     if fold:
         log_probs, chars = fold_case(log_probs, chars)
     return [Reading(text, conf) for text, conf in decode(log_probs, chars, decoder)]
@@ -92,9 +125,10 @@ def decode_readings(log_probs: np.ndarray, chars: str, decoder: str, fold: bool)
 _default_readers: dict[str, OcrReader] = {}
 
 
-def read(image: ImageInput, model: str | Path = "default") -> Reading:
-    """Read one captcha with a cached reader for ``model`` (the shipped default unless told otherwise)."""
-    key = str(model)
+def read(image: ImageInput, model: str | Path = "default", charset: str | None = None) -> Reading:
+    """Read one captcha with a cached reader for ``model`` (the shipped default unless told otherwise), optionally
+    limited to the alphabet ``charset`` (e.g. ``'lower+digits'``)."""
+    key = f"{model}\0{charset}"
     if key not in _default_readers:
-        _default_readers[key] = OcrReader(model)
+        _default_readers[key] = OcrReader(model, charset=charset)
     return _default_readers[key].read(image)
