@@ -60,8 +60,8 @@ def png_set(config: GenerateConfig, count: int) -> tuple[list[bytes], list[str]]
 
 def ddddocr_reader(threads: int | None, alphabet: str | None = None) -> Callable[[bytes], str] | None:
     """ddddocr's classifier, its onnxruntime session capped at ``threads`` (None: its own default); with
-    ``alphabet`` (a charset spec), limited to it by ddddocr's ``set_ranges`` (letters in both cases: scoring
-    ignores case, and ddddocr's own charset is mostly lower case)."""
+    ``alphabet`` (a charset spec), limited to it (letters in both cases: scoring ignores case, and ddddocr's own
+    charset is mostly lower case)."""
     try:
         import ddddocr
         import onnxruntime
@@ -81,10 +81,22 @@ def ddddocr_reader(threads: int | None, alphabet: str | None = None) -> Callable
         ocr = ddddocr.DdddOcr(show_ad=False)
     finally:
         onnxruntime.InferenceSession = original
-    if alphabet:
-        chars = parse_charset_spec(alphabet)
-        ocr.set_ranges("".join(dict.fromkeys(chars + chars.swapcase())))
-    return ocr.classification
+    if not alphabet:
+        return ocr.classification
+    # ddddocr 1.6's set_ranges only drops characters outside the range after decoding; its documented way to read
+    # within a range is to decode the probabilities yourself, which this does (greedy CTC over the allowed classes)
+    chars = parse_charset_spec(alphabet)
+    allowed = set(chars + chars.swapcase())
+
+    def read_within(image: bytes) -> str:
+        result = ocr.classification(image, probability=True)
+        charset = result["charset"]
+        keep = np.array([i for i, c in enumerate(charset) if c == "" or c in allowed])
+        probs = np.asarray(result["probabilities"], dtype=np.float32).reshape(-1, len(charset))[:, keep]
+        best = keep[probs.argmax(1)]
+        return "".join(charset[k] for j, k in enumerate(best) if k != 0 and (j == 0 or k != best[j - 1]))
+
+    return read_within
 
 
 def latency_ms(read: Callable[[bytes], object], images: list[bytes], repeats: int) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from captchalab.errors import CaptchalabError
@@ -34,12 +36,18 @@ def fold_case(log_probs: np.ndarray, chars: str) -> tuple[np.ndarray, str]:
     Reading 'c' or 'C' becomes one class, so a glyph whose case is ambiguous no longer splits its probability.
     """
     folded = fold_case_charset(chars)
-    target = np.array([0] + [folded.index(c.lower()) + 1 for c in chars])
-    probs = np.exp(log_probs)
-    merged = np.zeros(log_probs.shape[:-1] + (len(folded) + 1,), dtype=probs.dtype)
-    for source, dest in enumerate(target):
-        merged[..., dest] += probs[..., source]
+    merged = np.exp(log_probs) @ _fold_matrix(chars).astype(log_probs.dtype)  # (B, T, K'+1): one matmul, not K adds
     return np.log(np.maximum(merged, 1e-30)), folded
+
+
+@functools.lru_cache(maxsize=8)
+def _fold_matrix(chars: str) -> np.ndarray:
+    """(K+1, K'+1) 0/1 matrix sending each class (blank first) to its folded class."""
+    folded = fold_case_charset(chars)
+    target = [0] + [folded.index(c.lower()) + 1 for c in chars]
+    matrix = np.zeros((len(chars) + 1, len(folded) + 1), dtype=np.float32)
+    matrix[np.arange(len(target)), target] = 1.0
+    return matrix
 
 
 def fold_case_charset(chars: str) -> str:
