@@ -14,5 +14,5 @@ $cl ocr train "$DATA" --out "$RUN" --schedule cosine --max-epochs 6 --patience 1
     --lr 2e-3 --batch-size 128 --seed 0 --workers 2
 $cl ocr export "$RUN" --out src/captchalab/assets/ocr-default \
     --training-command "scripts/train-default-ocr.sh: captchalab ocr train DATA --out RUN --schedule cosine --max-epochs 6 --patience 100 --split 0.9,0.05,0.05 --lr 2e-3 --batch-size 128 --seed 0 --workers 2" \
-    --licenses scripts/ocr-default-licenses.json \
+    --licenses scripts/ocr-default-licenses.json --alphabets lower+digits:0.2,upper+digits:0.2,alnum:0.6 \
     --data-statement "280,000 synthetic 160x60 captchas made by captchalab ocr generate (scripts/train-default-ocr.sh): 230k captcha-library style, 50k builtin style; lengths 4-6; a-z A-Z 0-9"

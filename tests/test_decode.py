@@ -70,3 +70,61 @@ def test_allowed_chars_reads_presets_and_names_what_the_model_lacks():
     assert allowed_chars("Z", "abcz") == "z"  # the other case counts where the model has only one
     with pytest.raises(CaptchalabError, match="cannot output any"):
         allowed_chars("%", model)
+
+
+def _steps(chars: str, spec: list[dict[str, float]]) -> np.ndarray:
+    """One image: per step a {char: probability} dict ('' = blank); the rest of the mass spread thinly."""
+    probs = np.full((1, len(spec), len(chars) + 1), 1e-4, dtype=np.float64)
+    for t, step in enumerate(spec):
+        for c, p in step.items():
+            probs[0, t, 0 if c == "" else chars.index(c) + 1] = p
+    probs /= probs.sum(-1, keepdims=True)
+    return np.log(probs).astype(np.float32)
+
+
+MIXED = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+ROUND = {"O": 0.55, "0": 0.45}  # a glyph the model finds as likely a capital O as a zero
+
+
+def test_choose_alphabets_reads_a_round_glyph_by_its_company():
+    from captchalab.runtime.decode import allowed_chars, choose_alphabets, restrict_charset
+
+    alphabets = [allowed_chars(s, MIXED) for s in ("lower+digits", "upper+digits", "alnum")]
+    blank = {"": 1.0}
+    lower = _steps(MIXED, [{"k": 1.0}, blank, {"w": 1.0}, blank, ROUND, blank, {"q": 1.0}, blank, {"h": 1.0}])
+    upper = _steps(MIXED, [{"K": 1.0}, blank, {"R": 1.0}, blank, ROUND, blank, {"T": 1.0}, blank, blank])
+    mixed = _steps(MIXED, [{"K": 1.0}, blank, {"r": 1.0}, blank, ROUND, blank, {"T": 1.0}, blank, {"h": 1.0}])
+    chosen = choose_alphabets(np.concatenate([lower, upper, mixed]), MIXED, alphabets)
+    assert chosen.tolist() == [0, 1, 2]
+    assert decode(lower, MIXED, "ctc-greedy")[0][0] == "kwOqh"  # any character: the capital wins
+    kept, chars = restrict_charset(lower, MIXED, alphabets[0])
+    assert decode(kept, chars, "ctc-greedy")[0][0] == "kw0qh"
+    # a strong enough prior for the mixed alphabet outweighs four clear lower-case letters
+    assert choose_alphabets(lower, MIXED, alphabets, priors=[0.001, 0.001, 0.998]).tolist() == [2]
+
+
+def test_auto_output_space_uses_the_training_alphabets_or_nothing():
+    from captchalab.runtime.ocr import OutputSpace
+
+    priors = {"lower+digits": 0.2, "upper+digits": 0.2, "alnum": 0.6}
+    space = OutputSpace.make(MIXED, True, False, "auto", priors)
+    assert len(space.alphabets) == 3 and space.priors == pytest.approx((0.2, 0.2, 0.6))
+    assert space.chars == OutputSpace.make(MIXED, True, False, "any").chars  # auto may still read any character
+    lower = _steps(MIXED, [{"k": 1.0}, {"": 1.0}, {"w": 1.0}, {"": 1.0}, ROUND, {"": 1.0}, {"q": 1.0}])
+    assert space.readings(lower, "ctc-greedy")[0].text == "kw0q"
+    assert OutputSpace.make(MIXED, True, False, "any", priors).readings(lower, "ctc-greedy")[0].text == "kwoq"
+    # no training alphabets (a model trained on one alphabet), or all alike for this model: nothing to infer
+    assert OutputSpace.make(MIXED, True, True, "auto", None).alphabets == ()
+    assert OutputSpace.make("abc012", False, True, "auto", {"lower+digits": 1, "alnum": 1}).alphabets == ()
+
+
+def test_parse_alphabets_normalises_priors_and_names_mistakes():
+    from captchalab.data.charset import parse_alphabets
+    from captchalab.errors import CaptchalabError
+
+    assert parse_alphabets("lower+digits:1,upper+digits:1,alnum:2") == {
+        "lower+digits": 0.25, "upper+digits": 0.25, "alnum": 0.5}  # fmt: skip
+    assert parse_alphabets("digits, lower") == {"digits": 0.5, "lower": 0.5}
+    for bad, message in (("alnum:x", "must be a number"), ("alnum:0", "positive"), (" , ", "no alphabet")):
+        with pytest.raises(CaptchalabError, match=message):
+            parse_alphabets(bad)

@@ -120,6 +120,65 @@ def test_predict_and_eval_with_a_given_alphabet(tiny_bundle: Path, tiny_data: Pa
     assert bad.returncode == 2 and "cannot output" in bad.stderr_text and "Traceback" not in bad.stderr_text
 
 
+def _constant_bundle(folder: Path, log_probs, chars: str, alphabets: dict | None) -> Path:  # noqa: ANN001
+    """A bundle whose ONNX model ignores the image and always outputs ``log_probs`` (T, K+1): the reader's whole path
+    (manifest, session, decoding) on an output we choose."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.asarray(log_probs, dtype=np.float32)[None], "table")  # (1, T, K+1)
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2, 3], keepdims=1),  # (B, 1, 1, 1)
+        helper.make_node("Squeeze", ["mean", "last"], ["per_image"]),  # (B, 1, 1)
+        helper.make_node("Mul", ["per_image", "zero"], ["nothing"]),
+        helper.make_node("Add", ["nothing", "table"], ["log_probs"]),  # (B, T, K+1)
+    ]
+    graph = helper.make_graph(
+        nodes, "constant", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 16, 48])],
+        [helper.make_tensor_value_info("log_probs", TensorProto.FLOAT, ["batch", *table.dims[1:]])],
+        [table, numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+         numpy_helper.from_array(np.array([3], np.int64), "last")],
+    )  # fmt: skip
+    folder.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), folder / "model.onnx")
+    manifest = {"format_version": 1, "task": "ocr", "files": {"model": "model.onnx"}, "charset": chars,
+                "case_sensitive": True, "decoder": "ctc-greedy", "max_length": 6,
+                "preprocess": {"height": 16, "width": 48, "channels": 1, "mean": 0.5, "std": 0.5}}  # fmt: skip
+    if alphabets:
+        manifest["alphabets"] = alphabets
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_auto_charset_reads_within_the_inferred_alphabet(tiny_data: Path, tmp_path: Path):
+    from tests.test_decode import MIXED, ROUND, _steps
+
+    blank = {"": 1.0}
+    output = _steps(MIXED, [{"k": 1.0}, blank, {"w": 1.0}, blank, ROUND, blank, {"q": 1.0}, blank])[0]
+    alphabets = {"lower+digits": 0.2, "upper+digits": 0.2, "alnum": 0.6}
+    bundle = _constant_bundle(tmp_path / "constant", output, MIXED, alphabets)
+    image = sorted(tiny_data.glob("*.png"))[0]
+    assert OcrReader(bundle).read(image).text == "kw0q"  # charset='auto' is the default
+    assert OcrReader(bundle, charset="any").read(image).text == "kwOq"
+    assert ocr.read(image, model=bundle).text == "kw0q"
+    out = run_cli("ocr", "predict", "--json", "--model", str(bundle), str(image), str(image))
+    assert [json.loads(line)["text"] for line in out.stdout_text.splitlines()] == ["kw0q", "kw0q"]
+    out = run_cli("ocr", "predict", "--model", str(bundle), "--charset", "any", "--case-insensitive", str(image))
+    assert out.stdout_text.split("\t")[1] == "kwoq"
+    plain = _constant_bundle(tmp_path / "plain", output, MIXED, None)  # no recorded alphabets: auto reads anything
+    assert OcrReader(plain).read(image).text == "kwOq"
+
+
+def test_export_records_training_alphabets(tiny_run: Path, tmp_path: Path):
+    bundle = tmp_path / "two-alphabets"
+    run_cli("ocr", "export", str(tiny_run), "--out", str(bundle), "--alphabets", "01234:1,56789:3")
+    assert json.loads((bundle / "manifest.json").read_text())["alphabets"] == {"01234": 0.25, "56789": 0.75}
+    assert OcrReader(bundle).output.alphabets == ("01234", "56789")
+    bad = run_cli("ocr", "export", str(tiny_run), "--out", str(tmp_path / "x"), "--alphabets", "digits:x", check=False)
+    assert bad.returncode == 2 and "must be a number" in bad.stderr_text and not (tmp_path / "x").exists()
+
+
 @pytest.mark.skipif(not (default_bundle_path("ocr") / "manifest.json").exists(), reason="no default bundle yet")
 def test_default_bundle_is_complete_and_reads():
     from captchalab import ocr

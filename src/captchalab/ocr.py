@@ -16,7 +16,7 @@ from captchalab.data.labels import read_labelled_images
 from captchalab.errors import CaptchalabError
 from captchalab.evaluation import ocr_report
 from captchalab.imaging import IMAGE_SUFFIXES, ImageInput, load_image
-from captchalab.runtime.ocr import OcrReader, Reading, read
+from captchalab.runtime.ocr import AUTO, OcrReader, Reading, read
 
 __all__ = ["OcrReader", "Reading", "read", "load_reader", "evaluate", "expand_paths"]
 log = logging.getLogger(__name__)
@@ -26,10 +26,11 @@ def load_reader(  # noqa: ANN201
     model: str | os.PathLike = "default",
     threads: int | None = None,
     case_sensitive: bool = True,
-    charset: str | None = None,
+    charset: str | None = AUTO,
 ):
     """A reader for ``default``, a bundle folder (onnxruntime) or a training run folder (torch); ``charset`` limits
-    what it can read (e.g. ``'lower+digits'``)."""
+    what it can read (e.g. ``'lower+digits'``; ``'auto'``: inferred among the model's training alphabets, ``'any'``:
+    no limit)."""
     path = Path(model)
     if str(model) != "default" and path.is_dir() and not (path / "manifest.json").exists():
         if (path / "best.pt").exists():
@@ -63,7 +64,7 @@ def evaluate(
     data: str | os.PathLike,
     case_sensitive: bool = True,
     batch_size: int = 256,
-    charset: str | None = None,
+    charset: str | None = AUTO,
 ) -> dict:
     """Score ``model`` on a labelled folder / labels file; unreadable images are skipped and listed. ``charset``
     limits what the model may read (the alphabet of the captchas, when known)."""

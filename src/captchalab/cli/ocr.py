@@ -122,10 +122,18 @@ def export_cmd(
     data_statement: str | None = typer.Option(None, help="What the model was trained on, for the manifest."),
     training_command: str | None = typer.Option(None, help="How it was trained (default: the recorded command)."),
     licenses: Path | None = typer.Option(None, help="JSON list of {name, license, use} credits for the manifest."),
+    alphabets: str | None = typer.Option(
+        None,
+        help="The captcha alphabets the training data mixed, with priors, for --charset auto: e.g. "
+        "lower+digits:0.2,upper+digits:0.2,alnum:0.6 (default: none; auto then reads any character).",
+    ),
 ) -> None:
     """Export to ONNX; the test split must decode identically through torch and ONNX."""
     _need_torch("ocr export")
+    from captchalab.data.charset import parse_alphabets
     from captchalab.export.ocr import export_ocr
+
+    priors = parse_alphabets(alphabets) if alphabets else None  # before the export's long work
 
     credits = None
     if licenses:
@@ -134,7 +142,13 @@ def export_cmd(
         except (OSError, json.JSONDecodeError) as exc:
             raise CaptchalabError(f"{licenses}: not a readable JSON list ({exc})") from None
     manifest = export_ocr(
-        run, out, int8=int8, training_data=data_statement, training_command=training_command, licenses=credits
+        run,
+        out,
+        int8=int8,
+        training_data=data_statement,
+        training_command=training_command,
+        licenses=credits,
+        alphabets=priors,
     )
     test = manifest["metrics"]["test"]
     typer.echo(
@@ -145,7 +159,9 @@ def export_cmd(
 
 CHARSET_HELP = (
     "Only read these characters, when you know the captchas' alphabet: presets joined by '+' (lower, upper, digits, "
-    "alnum) or literal characters, e.g. lower+digits (like ddddocr's set_ranges)."
+    "alnum) or literal characters, e.g. lower+digits (like ddddocr's set_ranges). 'auto' (default): inferred per "
+    "image among the alphabets the model was trained on (the default model: a-z0-9, A-Z0-9, a-zA-Z0-9); 'any': "
+    "any character the model knows."
 )
 
 
@@ -157,7 +173,7 @@ def eval_cmd(
         None, "--out", "-o", help="Where to write the JSON report (default: eval-report.json beside the data)."
     ),
     case_insensitive: bool = typer.Option(False, "--case-insensitive", help="Compare ignoring case."),
-    charset: str | None = typer.Option(None, help=CHARSET_HELP),
+    charset: str = typer.Option("auto", help=CHARSET_HELP),
 ) -> None:
     """Score a model on labelled images: exact and per-character accuracy, most confused pairs."""
     from captchalab.ocr import evaluate
@@ -181,7 +197,7 @@ def predict(
     case_insensitive: bool = typer.Option(
         False, "--case-insensitive", help="Merge upper and lower case of each letter (answers in lower case)."
     ),
-    charset: str | None = typer.Option(None, help=CHARSET_HELP),
+    charset: str = typer.Option("auto", help=CHARSET_HELP),
 ) -> None:
     """Read captchas. Bad files get one line each on stderr; exit code 2 if any failed."""
     from captchalab.ocr import expand_paths, load_reader

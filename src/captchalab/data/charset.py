@@ -27,6 +27,27 @@ def parse_charset_spec(spec: str) -> str:
     return "".join(dict.fromkeys(chars))
 
 
+def parse_alphabets(text: str) -> dict[str, float]:
+    """``'lower+digits:0.2,upper+digits:0.2,alnum:0.6'`` -> {spec: prior probability}, priors normalised to sum 1;
+    a spec without ``:p`` gets weight 1. These are the captcha alphabets a model was trained on, for ``--charset
+    auto`` (see ``runtime.decode.choose_alphabets``)."""
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        spec, _, weight = part.partition(":")
+        parse_charset_spec(spec)  # fails on an empty spec
+        try:
+            value = float(weight) if weight else 1.0
+        except ValueError:
+            raise CaptchalabError(f"alphabet {part!r}: the prior after ':' must be a number") from None
+        if not value > 0:
+            raise CaptchalabError(f"alphabet {part!r}: the prior must be positive")
+        weights[spec] = weights.get(spec, 0.0) + value
+    if not weights:
+        raise CaptchalabError("no alphabet given (e.g. lower+digits,upper+digits,alnum)")
+    total = sum(weights.values())
+    return {spec: weight / total for spec, weight in weights.items()}
+
+
 class Charset:
     """An ordered set of characters; class index ``i`` of a model is ``chars[i]`` (CTC adds blank = 0 itself)."""
 

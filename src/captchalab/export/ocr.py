@@ -52,8 +52,10 @@ def export_ocr(
     training_data: str | None = None,
     training_command: str | None = None,
     licenses: list[dict] | None = None,
+    alphabets: dict[str, float] | None = None,
 ) -> dict:
-    """Write ``out_dir/model.onnx`` and ``manifest.json``; returns the manifest.
+    """Write ``out_dir/model.onnx`` and ``manifest.json``; returns the manifest. ``alphabets`` (spec -> prior) are
+    the captcha alphabets the training data mixed, for ``--charset auto``.
 
     The test split goes through torch and through ONNX; any difference in the decoded strings aborts the export.
     """
@@ -127,6 +129,7 @@ def export_ocr(
             "case_sensitive": config["case_sensitive"],
             "decoder": config["decoder"],
             "max_length": config["max_length"],
+            **({"alphabets": alphabets} if alphabets else {}),
             "metrics": {"test": report, "parity": parity},
             "training": {
                 "data": training_data or config["data"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -71,12 +72,41 @@ def allowed_chars(spec: str, model_chars: str) -> str:
     return allowed
 
 
+def choose_alphabets(
+    log_probs: np.ndarray, chars: str, alphabets: Sequence[str], priors: Sequence[float] | None = None
+) -> np.ndarray:
+    """Per image, the index of the alphabet (each a subset of ``chars``) that best explains the model's output.
+
+    (B, T, K+1) log-probabilities -> (B,) indices into ``alphabets``; ``priors`` (one per alphabet, default equal)
+    weigh the alphabets before the evidence. A model trained on a mix of captcha families
+    (a-z0-9, A-Z0-9, a-zA-Z0-9) has learnt a prior over all of its classes; told that the captcha comes from one
+    alphabet A, the evidence for A is the greedy path within A (blank included, not renormalised) times |K|/|A| per
+    character read, the Bayes factor of a uniform prior over A against one over all K classes. A glyph as likely
+    'O' as '0' among clear lower-case letters then reads '0': no capital letter is expected there.
+    """
+    scores = np.empty((len(alphabets), log_probs.shape[0]), dtype=np.float64)
+    for a, alphabet in enumerate(alphabets):
+        restricted = log_probs[..., _class_indices(chars, alphabet)]  # (B, T, |A|+1)
+        best = restricted.argmax(-1)  # (B, T); 0 = blank
+        emitted = (best[:, 0] != 0) + ((best[:, 1:] != 0) & (best[:, 1:] != best[:, :-1])).sum(-1)  # (B,)
+        scores[a] = restricted.max(-1).sum(-1) + emitted * np.log(len(chars) / len(alphabet))
+    if priors is not None:
+        scores += np.log(np.asarray(priors, dtype=np.float64))[:, None]
+    return scores.argmax(0)
+
+
+@functools.lru_cache(maxsize=32)
+def _class_indices(chars: str, allowed: str) -> np.ndarray:
+    """The blank and the model classes of ``allowed``, in model order."""
+    wanted = set(allowed)
+    return np.array([0] + [i + 1 for i, c in enumerate(chars) if c in wanted])
+
+
 def restrict_charset(log_probs: np.ndarray, chars: str, allowed: str) -> tuple[np.ndarray, str]:
     """Keep the blank and the classes of ``allowed`` (a subset of ``chars``), renormalised: (B, T, K+1) ->
     (B, T, K'+1). A reader told the alphabet (as ddddocr's ``set_ranges``) can no longer answer 'O' for a '0'
     in an a-z0-9 captcha."""
-    keep = np.array([0] + [i + 1 for i, c in enumerate(chars) if c in set(allowed)])
-    kept = log_probs[..., keep]
+    kept = log_probs[..., _class_indices(chars, allowed)]
     top = kept.max(-1, keepdims=True)
     kept = kept - (top + np.log(np.exp(kept - top).sum(-1, keepdims=True)))
     return kept, "".join(c for c in chars if c in set(allowed))

@@ -12,7 +12,17 @@ import numpy as np
 
 from captchalab.imaging import ImageInput, Preprocess, load_image
 from captchalab.runtime.bundle import load_bundle, onnx_session
-from captchalab.runtime.decode import allowed_chars, decode, fold_case, fold_case_charset, restrict_charset
+from captchalab.runtime.decode import (
+    allowed_chars,
+    choose_alphabets,
+    decode,
+    fold_case,
+    fold_case_charset,
+    restrict_charset,
+)
+
+AUTO = "auto"  # ``charset`` value: infer each captcha's alphabet among those the model was trained on
+ANY = "any"  # ``charset`` value: any character the model knows
 
 
 @dataclass(frozen=True)
@@ -31,17 +41,21 @@ class OcrReader:
         threads: int | None = None,
         providers: list[str] | None = None,
         case_sensitive: bool = True,
-        charset: str | None = None,
+        charset: str | None = AUTO,
     ):
         """``case_sensitive=False`` merges the two cases of each letter before decoding (output in lower case);
-        ``charset`` (e.g. ``'lower+digits'``) limits what can be read to that alphabet."""
+        ``charset`` (e.g. ``'lower+digits'``) limits what can be read to that alphabet; ``'auto'`` (the default)
+        infers it per image among the alphabets the model was trained on (manifest ``alphabets``), ``'any'`` or
+        None lets the model answer any character it knows."""
         self.bundle = load_bundle(model, "ocr")
         manifest = self.bundle.manifest
         self.preprocess = Preprocess.from_dict(manifest["preprocess"])
         self.model_charset: str = manifest["charset"]
         self.decoder: str = manifest["decoder"]
         model_case_sensitive = manifest.get("case_sensitive", True)
-        self.output = OutputSpace.make(self.model_charset, model_case_sensitive, case_sensitive, charset)
+        self.output = OutputSpace.make(
+            self.model_charset, model_case_sensitive, case_sensitive, charset, manifest.get("alphabets")
+        )
         self.case_sensitive, self.charset = self.output.case_sensitive, self.output.chars
         self.threads = threads
         self._session = onnx_session(self.bundle.file("model"), threads, providers)
@@ -86,20 +100,42 @@ class OcrReader:
 
 @dataclass(frozen=True)
 class OutputSpace:
-    """What a reader may answer: the model's characters, optionally limited to an alphabet, then case-folded."""
+    """What a reader may answer: the model's characters, optionally limited to an alphabet (given, or inferred per
+    image among the model's training alphabets), then case-folded."""
 
     model_chars: str
     allowed: str | None  # a subset of model_chars, or None for all of them
     fold: bool
     case_sensitive: bool
+    alphabets: tuple[str, ...] = ()  # inferred per image among these subsets of model_chars (empty: no inference)
+    priors: tuple[float, ...] = ()
 
     @classmethod
     def make(
-        cls, model_chars: str, model_case_sensitive: bool, case_sensitive: bool, charset: str | None
+        cls,
+        model_chars: str,
+        model_case_sensitive: bool,
+        case_sensitive: bool,
+        charset: str | None,
+        training_alphabets: dict[str, float] | None = None,
     ) -> OutputSpace:
-        allowed = allowed_chars(charset, model_chars) if charset else None
+        """``charset``: an alphabet spec, ``'any'`` / None (every model character), or ``'auto'``: per image, the
+        likeliest of ``training_alphabets`` (spec -> prior probability, from the bundle manifest); a model trained
+        on one alphabet has none, and ``auto`` then reads any of its characters."""
         fold = model_case_sensitive and not case_sensitive
-        return cls(model_chars, allowed, fold, model_case_sensitive and case_sensitive)
+        alphabets: dict[str, float] = {}
+        if charset == AUTO:
+            for spec, prior in (training_alphabets or {}).items():
+                allowed = allowed_chars(spec, model_chars)
+                alphabets[allowed] = alphabets.get(allowed, 0.0) + float(prior)
+            charset = None
+        elif charset == ANY:
+            charset = None
+        allowed = allowed_chars(charset, model_chars) if charset else None
+        if len(alphabets) < 2:  # nothing to choose between
+            alphabets = {}
+        return cls(model_chars, allowed, fold, model_case_sensitive and case_sensitive, tuple(alphabets),
+                   tuple(alphabets.values()))  # fmt: skip
 
     @property
     def chars(self) -> str:
@@ -108,7 +144,17 @@ class OutputSpace:
         return fold_case_charset(base) if self.fold else base
 
     def readings(self, log_probs: np.ndarray, decoder: str) -> list[Reading]:
-        return decode_readings(log_probs, self.model_chars, decoder, self.fold, self.allowed)
+        if not self.alphabets:
+            return decode_readings(log_probs, self.model_chars, decoder, self.fold, self.allowed)
+        chosen = choose_alphabets(log_probs, self.model_chars, self.alphabets, self.priors)  # (B,)
+        readings: list[Reading | None] = [None] * len(log_probs)
+        for a, alphabet in enumerate(self.alphabets):
+            rows = np.flatnonzero(chosen == a)
+            if len(rows):
+                for row, reading in zip(rows, decode_readings(log_probs[rows], self.model_chars, decoder, self.fold,
+                                                              alphabet)):  # fmt: skip
+                    readings[row] = reading
+        return readings  # type: ignore[return-value]
 
 
 def decode_readings(
@@ -125,9 +171,9 @@ def decode_readings(
 _default_readers: dict[str, OcrReader] = {}
 
 
-def read(image: ImageInput, model: str | Path = "default", charset: str | None = None) -> Reading:
+def read(image: ImageInput, model: str | Path = "default", charset: str | None = AUTO) -> Reading:
     """Read one captcha with a cached reader for ``model`` (the shipped default unless told otherwise), optionally
-    limited to the alphabet ``charset`` (e.g. ``'lower+digits'``)."""
+    limited to the alphabet ``charset`` (e.g. ``'lower+digits'``; ``'auto'``: inferred, ``'any'``: none)."""
     key = f"{model}\0{charset}"
     if key not in _default_readers:
         _default_readers[key] = OcrReader(model, charset=charset)

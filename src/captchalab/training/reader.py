@@ -9,19 +9,21 @@ import numpy as np
 import torch
 
 from captchalab.imaging import ImageInput, Preprocess, load_image
-from captchalab.runtime.ocr import OutputSpace, Reading
+from captchalab.runtime.ocr import AUTO, OutputSpace, Reading
 from captchalab.training.ocr import load_run_model
 
 
 class TorchOcrReader:
     """Same interface as the ONNX ``OcrReader``, backed by the run's best checkpoint."""
 
-    def __init__(self, run: str | Path, case_sensitive: bool = True, charset: str | None = None):
+    def __init__(self, run: str | Path, case_sensitive: bool = True, charset: str | None = AUTO):
         self.model, config = load_run_model(Path(run))
         self.preprocess = Preprocess.from_dict(config["preprocess"])
         self.model_charset: str = config["charset"]
         self.decoder: str = config["decoder"]
-        self.output = OutputSpace.make(self.model_charset, config["case_sensitive"], case_sensitive, charset)
+        self.output = OutputSpace.make(
+            self.model_charset, config["case_sensitive"], case_sensitive, charset, config.get("alphabets")
+        )
         self.case_sensitive, self.charset = self.output.case_sensitive, self.output.chars
 
     @torch.no_grad()
