@@ -29,3 +29,11 @@ $cl grid export "$RUNS/grid-v2" --out "$RUNS/grid-v2-bundle" --aliases data/grid
 # set does not use (--skip-words 60 vs its --words 60), so that it holds on pictures unlike the training data
 $cl grid generate "$DATA/openmoji-calib" --count 600 --styles openmoji --split all --skip-words 60 --seed 901
 $cl grid calibrate "$RUNS/grid-v2-bundle" "$DATA/openmoji-calib" --out src/captchalab/assets/grid-default
+
+# pictures: 8 prototypes per word from fresh styled training cells (no held-out style), blended with the text
+# similarity; blend and rules re-fitted on the same OpenMoji grids
+$cl grid cells "$DATA/cells-pictures" --per-word 64 --seed 31 --split train --workers 2 \
+    --styles twemoji,noto,fluent-emoji-flat,fluent-emoji,fxemoji,emojione,noto-v1,emojione-monotone,fluent-emoji-high-contrast
+$cl grid calibrate src/captchalab/assets/grid-default "$DATA/openmoji-calib" --out "$RUNS/grid-default-pictures" \
+    --pictures "$DATA/cells-pictures"
+rm -r src/captchalab/assets/grid-default && cp -r "$RUNS/grid-default-pictures" src/captchalab/assets/grid-default

@@ -186,7 +186,9 @@ def test_default_bundle_is_complete_and_reads():
     from captchalab.runtime.bundle import sha256_file
 
     bundle = load_bundle("default", "ocr")
-    assert sha256_file(bundle.file("model")) == bundle.manifest["sha256"]["model.onnx"]
+    for name, digest in bundle.manifest["sha256"].items():  # the int8 model and the fp32 original it came from
+        assert sha256_file(bundle.path / name) == digest, name
+    assert bundle.manifest["precision"] == "int8" and bundle.manifest["quantization"]["accuracy"]
     assert set(bundle.manifest["charset"]) == set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
     assert bundle.manifest["training"]["command"] and bundle.manifest["licenses"]
     samples = list(iter_samples(GenerateConfig(charset="abcdefghijklmnopqrstuvwxyz0123456789", seed=424242), 50))

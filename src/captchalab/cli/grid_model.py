@@ -113,15 +113,23 @@ def calibrate(
     grids: Path = typer.Argument(..., help="Labelled grids of the target kind: a folder with manifest.jsonl."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write (the model files are copied)."),
     keep_threshold: bool = typer.Option(False, "--keep-threshold", help="Fit only each rule's 'relative'."),
+    pictures: Path | None = typer.Option(
+        None,
+        help="Labelled cells (<word>/<image> folders or JSONL): the bundle remembers prototype pictures of each "
+        "word and blends them with the text similarity (the blend is fitted on GRIDS too).",
+    ),  # fmt: skip
 ) -> None:
-    """Re-fit the decision rules (threshold, relative margin) on labelled grids; the model is unchanged."""
+    """Re-fit the decision rules (threshold, relative margin) on labelled grids; the ONNX model is unchanged."""
     from captchalab.export.grid_recalibrate import recalibrate
 
-    report = recalibrate(model, grids, out, keep_threshold=keep_threshold)
+    report = recalibrate(model, grids, out, keep_threshold=keep_threshold, pictures=pictures)
     for rule, row in report["rules"].items():
         typer.echo(f"  rule {rule:9s}: solve rate {row['before']:.4f} -> {row['after']:.4f} "
                    f"(threshold {row['threshold']:.4f}, relative {row['relative']:.3f})")  # fmt: skip
     skipped = f", {report['skipped']} skipped" if report["skipped"] else ""
+    if "pictures" in report:
+        typer.echo(f"  pictures: {report['pictures']['prototypes']} prototypes of {report['pictures']['words']} words, "
+                   f"text share {report['picture_weight']:.2f}")  # fmt: skip
     typer.echo(f"wrote {out}: rule {report['rule']}, fitted on {report['scored']} grids{skipped}")
 
 

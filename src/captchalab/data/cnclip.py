@@ -31,14 +31,17 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import lmdb
 from PIL import Image
 
 from captchalab.data.split import SPLITS
 from captchalab.errors import CaptchalabError
 from captchalab.imaging import IMAGE_SUFFIXES, load_image
 from captchalab.progress import track
+
+if TYPE_CHECKING:
+    import lmdb  # imported where used: reading labelled cells needs no lmdb
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +146,12 @@ def _scan(cells: Path) -> list[_Source]:
     if cells.suffix.lower() not in (".jsonl", ".json"):
         raise CaptchalabError(f"{cells}: expected a folder of <label>/<image> sub-folders or a .jsonl labels file")
     return _scan_jsonl(cells)
+
+
+def labelled_cells(cells: str | Path) -> list[tuple[str, Path]]:
+    """(label, image path) of every cell of a ``<label>/<image>`` folder or a ``{"image", "text"}`` JSONL file,
+    sorted; images are not opened here."""
+    return sorted((source.text, source.path) for source in _scan(Path(cells)))
 
 
 def label_folders(root: Path) -> list[tuple[str, list[Path]]]:
@@ -335,6 +344,8 @@ def build_lmdb(dataset_dir: str | Path, splits: Iterable[str] = SPLITS) -> Path:
 
 
 def _write_env(path: Path, records: list[tuple[bytes, bytes]], count_key: bytes, description: str) -> None:
+    import lmdb
+
     env = lmdb.open(str(path), map_size=_map_size(records))
     try:
         batches = range(0, len(records), _COMMIT_EVERY)
@@ -508,6 +519,8 @@ def _is_int(value: object) -> bool:
 
 
 def _open_env(path: Path) -> lmdb.Environment:
+    import lmdb
+
     if not path.is_dir():
         raise CaptchalabError(f"{path}: no such LMDB folder")
     try:

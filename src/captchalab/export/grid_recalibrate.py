@@ -3,7 +3,9 @@
 ``grid export`` calibrates on grids simulated from validation cells, which look like the training data. Pictures of
 another kind (a new art style) score lower as a whole, so a threshold fitted in-distribution misses their matches;
 a few hundred labelled grids of the target kind fit each rule's threshold and ``relative`` again (see
-``runtime.grid_rules``). The model itself is unchanged: its ONNX files are copied as they are.
+``runtime.grid_rules``). With labelled cells (``pictures``), the bundle also learns prototype pictures of each word
+(``runtime.grid_pictures``) and the share of the text similarity is fitted on the grids too. The ONNX files are
+copied as they are.
 """
 
 from __future__ import annotations
@@ -21,24 +23,29 @@ from captchalab.errors import CaptchalabError
 from captchalab.export.common import install_bundle
 from captchalab.export.grid_calibrate import RELATIVE_STEPS, count_solved, fit_rule
 from captchalab.progress import track
-from captchalab.runtime.bundle import MANIFEST, load_bundle
+from captchalab.runtime.bundle import MANIFEST, load_bundle, sha256_file
 from captchalab.runtime.clip import ClipModel
 from captchalab.runtime.grid import GridSolver
-from captchalab.runtime.grid_rules import RULES, RuleParams, cell_scores
+from captchalab.runtime.grid_pictures import PICTURES_FILE, WordPictures, kmeans_prototypes
+from captchalab.runtime.grid_rules import RULES, RuleParams, rule_scores
 
 log = logging.getLogger(__name__)
 
 
-def score_grids(solver: GridSolver, grids: str | Path) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray], int]:
-    """Every rule's cell scores and the truth of each labelled grid; grids that cannot be read or whose prompt the
+PICTURE_WEIGHTS = (1.0, 0.75, 0.5, 0.25)  # candidate shares of the text similarity, when the bundle has pictures
+PROTOTYPES_PER_WORD = 8
+
+
+def embed_grids(solver: GridSolver, grids: str | Path) -> tuple[list[tuple[str, np.ndarray]], list[np.ndarray], int]:
+    """(prompt, cell vectors) and the truth of each labelled grid; grids that cannot be read or whose prompt the
     model does not know are skipped (counted in the third value)."""
     from captchalab.grid import read_grid_manifest
 
     root, rows = read_grid_manifest(grids)
-    scores: dict[str, list[np.ndarray]] = {rule: [] for rule in RULES}
+    embedded: list[tuple[str, np.ndarray]] = []
     truths: list[np.ndarray] = []
     skipped = 0
-    for row in track(rows, len(rows), "scoring grids"):
+    for row in track(rows, len(rows), "embedding grids"):
         text, known = solver.resolve_prompt(row["prompt"])
         if not known:
             skipped += 1
@@ -54,64 +61,151 @@ def score_grids(solver: GridSolver, grids: str | Path) -> tuple[dict[str, list[n
             raise CaptchalabError(f"{row['image']}: positions {positions} do not fit a grid of {len(pictures)} cells")
         truth = np.zeros(len(pictures), dtype=bool)
         truth[np.asarray(positions) - 1] = True
-        vectors = solver.model.embed_images(pictures)
-        prompt = solver.model.embed_texts([text])[0]
-        others = solver._other_vectors(text)
-        for rule in RULES:
-            scores[rule].append(cell_scores(rule, vectors, prompt, others, solver.model.logit_scale))
+        embedded.append((text, solver.model.embed_images(pictures)))
         truths.append(truth)
     if not truths:
         raise CaptchalabError(f"{grids}: no grid could be scored (unreadable images or prompts the model never saw)")
-    return scores, truths, skipped
+    return embedded, truths, skipped
 
 
-def recalibrate(model: str | os.PathLike, grids: str | Path, out: str | Path, keep_threshold: bool = False) -> dict:
-    """Fit every rule on the labelled ``grids``, keep the best, write the bundle to ``out``; -> the report."""
+def score_grids(
+    solver: GridSolver, embedded: list[tuple[str, np.ndarray]], picture_weight: float | None = None
+) -> dict[str, list[np.ndarray]]:
+    """Every rule's cell scores of each embedded grid, as the solver computes them."""
+    scores: dict[str, list[np.ndarray]] = {rule: [] for rule in RULES}
+    for text, vectors in embedded:
+        similarity, other = solver.similarities(vectors, text, picture_weight=picture_weight)
+        for rule in RULES:
+            scores[rule].append(rule_scores(rule, similarity, other, solver.model.logit_scale))
+    return scores
+
+
+def build_pictures(solver: GridSolver, cells: str | Path, per_word: int = PROTOTYPES_PER_WORD) -> WordPictures:
+    """Prototype pictures of each known word from labelled cells (``<label>/<image>`` folder or JSONL): k-means
+    centres of the word's cell vectors, so the distinct drawings of a word each keep a prototype. Cells of words
+    the bundle does not know and unreadable images are skipped with a warning."""
+    from captchalab.data.cnclip import labelled_cells
+    from captchalab.imaging import load_image
+
+    by_word: dict[str, list[Path]] = {}
+    unknown: set[str] = set()
+    for label, path in labelled_cells(cells):
+        text, known = solver.resolve_prompt(label)
+        if known:
+            by_word.setdefault(text, []).append(path)
+        else:
+            unknown.add(label)
+    if unknown:
+        log.warning("%d label(s) the bundle does not know were left out of its pictures, e.g. %s", len(unknown),
+                    ", ".join(sorted(unknown)[:5]))  # fmt: skip
+    if not by_word:
+        raise CaptchalabError(f"{cells}: no cell is labelled with a word the bundle knows")
+    groups, bad = {}, []
+    for word, paths in track(list(by_word.items()), len(by_word), "embedding cells"):
+        images = []
+        for path in paths:
+            try:
+                images.append(load_image(path))
+            except CaptchalabError as exc:
+                bad.append(str(exc))
+        if images:
+            seed = int.from_bytes(word.encode("utf-8")[:4].ljust(4, b"\0"), "little")  # same word, same centres
+            groups[word] = kmeans_prototypes(solver.model.embed_images(images), per_word, seed=seed)
+    if bad:
+        log.warning("skipped %d unreadable image(s): %s", len(bad), "; ".join(bad[:10]))
+    if not groups:
+        raise CaptchalabError(f"{cells}: none of the labelled cells could be read")
+    return WordPictures.from_groups(groups)
+
+
+def recalibrate(
+    model: str | os.PathLike,
+    grids: str | Path,
+    out: str | Path,
+    keep_threshold: bool = False,
+    pictures: str | Path | None = None,
+) -> dict:
+    """Fit every rule on the labelled ``grids``, keep the best, write the bundle to ``out``; -> the report.
+
+    ``pictures``: labelled cells to take each word's prototype pictures from (replacing any the bundle has); the
+    share of the text similarity is then fitted as well (``PICTURE_WEIGHTS``; 1 = text only)."""
     out = Path(out)
+    if pictures is not None and keep_threshold:
+        raise CaptchalabError("--keep-threshold and --pictures do not go together: new pictures change every score")
     bundle = load_bundle(model, "grid")
     solver = GridSolver(ClipModel(bundle))
-    scores, truths, skipped = score_grids(solver, grids)
+    if pictures is not None:
+        solver.pictures = build_pictures(solver, pictures)
+        solver._others.clear()
+    embedded, truths, skipped = embed_grids(solver, grids)
     manifest = copy.deepcopy(bundle.manifest)
     decision = manifest["decision"]
+    weights = PICTURE_WEIGHTS if solver.pictures is not None and not keep_threshold else (solver.picture_weight,)
     report: dict = {"grids": str(grids), "scored": len(truths), "skipped": skipped, "keep_threshold": keep_threshold,
                     "rules": {}}  # fmt: skip
+    before = {rule: count_solved(s, truths, RuleParams.from_dict(decision["rules"][rule]))
+              for rule, s in score_grids(solver, embedded, solver.picture_weight).items()}  # fmt: skip
+    best: tuple[int, float, dict] | None = None
+    for weight in weights:
+        scores = score_grids(solver, embedded, weight)
+        fitted = {rule: _fit(scores[rule], truths, RuleParams.from_dict(decision["rules"][rule]), keep_threshold)
+                  for rule in RULES}  # fmt: skip
+        solved = max(count for _, count in fitted.values())
+        log.info("text share %.2f: best rule solves %.4f", weight, solved / len(truths))
+        if best is None or solved > best[0]:
+            best = (solved, weight, fitted)
+    _, weight, fitted = best
     for rule in RULES:
-        old = RuleParams.from_dict(decision["rules"][rule])
-        if keep_threshold:
-            counts = [count_solved(scores[rule], truths, _with(old, old.threshold, float(r))) for r in RELATIVE_STEPS]
-            best = int(np.argmax(counts))  # first maximum: the smallest relative
-            threshold, relative = old.threshold, float(RELATIVE_STEPS[best])
-        else:
-            threshold, relative, _ = fit_rule(scores[rule], truths)
-        new = _with(old, threshold, relative)
-        before, after = count_solved(scores[rule], truths, old), count_solved(scores[rule], truths, new)
-        if after < before:  # cannot happen for an exact fit; kept as a guard against float ties
-            new, after = old, before
+        new, after = fitted[rule]
         decision["rules"][rule] = new.to_dict()
-        report["rules"][rule] = {"before": before / len(truths), "after": after / len(truths),
+        report["rules"][rule] = {"before": before[rule] / len(truths), "after": after / len(truths),
                                  "threshold": new.threshold, "relative": new.relative}  # fmt: skip
-        log.info("rule %s: solve rate %.4f -> %.4f (threshold %.4f, relative %.3f)", rule, before / len(truths),
+        log.info("rule %s: solve rate %.4f -> %.4f (threshold %.4f, relative %.3f)", rule, before[rule] / len(truths),
                  after / len(truths), new.threshold, new.relative)  # fmt: skip
     current = decision["rule"]
     decision["rule"] = max(RULES, key=lambda r: (report["rules"][r]["after"], r == current))
     report["rule"] = decision["rule"]
+    if solver.pictures is not None:
+        decision["picture_weight"] = weight
+        report["picture_weight"] = weight
+        report["pictures"] = {"source": str(pictures) if pictures else "kept", "words": len(solver.pictures.words),
+                              "prototypes": len(solver.pictures.vectors)}  # fmt: skip
     decision["recalibrated"] = report
-    _write(bundle.path, out, manifest)
+    _write(bundle.path, out, manifest, solver.pictures if pictures is not None else None)
     return report
+
+
+def _fit(
+    scores: list[np.ndarray], truths: list[np.ndarray], old: RuleParams, keep_threshold: bool
+) -> tuple[RuleParams, int]:
+    """One rule's new parameters on these scores, and how many grids they solve."""
+    if keep_threshold:
+        counts = [count_solved(scores, truths, _with(old, old.threshold, float(r))) for r in RELATIVE_STEPS]
+        best = int(np.argmax(counts))  # first maximum: the smallest relative
+        new = _with(old, old.threshold, float(RELATIVE_STEPS[best]))
+    else:
+        threshold, relative, _ = fit_rule(scores, truths)
+        new = _with(old, threshold, relative)
+    return new, count_solved(scores, truths, new)
 
 
 def _with(params: RuleParams, threshold: float, relative: float) -> RuleParams:
     return RuleParams(float(threshold), params.slope, params.valid_solve_rate, float(relative))
 
 
-def _write(source: Path, out: Path, manifest: dict) -> None:
-    """Copy the bundle's files next to ``out`` with the new manifest, then move it into place."""
+def _write(source: Path, out: Path, manifest: dict, pictures: WordPictures | None) -> None:
+    """Copy the bundle's files next to ``out`` with the new manifest (and new ``pictures``), then move it into
+    place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
     try:
         for file in source.iterdir():
             if file.is_file() and file.name != MANIFEST:
                 shutil.copy2(file, work / file.name)
+        if pictures is not None:
+            pictures.save(work / PICTURES_FILE)
+            manifest["files"]["pictures"] = PICTURES_FILE
+            manifest.setdefault("sha256", {})[PICTURES_FILE] = sha256_file(work / PICTURES_FILE)
         install_bundle(work, out, manifest)
     finally:
         if work.exists():

@@ -13,7 +13,8 @@ from PIL import Image
 from captchalab.errors import CaptchalabError
 from captchalab.imaging import ImageInput, load_image
 from captchalab.runtime.clip import ClipModel, load_clip
-from captchalab.runtime.grid_rules import RULES, RuleParams, cell_scores, pick
+from captchalab.runtime.grid_pictures import WordPictures, blend, picture_columns
+from captchalab.runtime.grid_rules import RULES, RuleParams, pick, rule_scores
 
 log = logging.getLogger(__name__)
 LAYOUTS = {"2x3": (2, 3), "3x2": (3, 2), "3x3": (3, 3)}
@@ -58,7 +59,11 @@ class GridSolver:
         }
         self.related = {entry["text"]: set(entry.get("related", [])) for entry in manifest.get("prompts", [])}
         self._known = set(self.prompts)
-        self._others: dict[str, np.ndarray] = {}
+        self._others: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        # pictures of the known words (runtime.grid_pictures), blended with the text similarity when present
+        has_pictures = "pictures" in manifest.get("files", {})
+        self.pictures = WordPictures.load(model.bundle.file("pictures")) if has_pictures else None
+        self.picture_weight = float(decision.get("picture_weight", 1.0)) if self.pictures else 1.0
 
     def resolve_prompt(self, prompt: str) -> tuple[str, bool]:
         """(model text, known?) — an English alias maps to its Chinese word."""
@@ -85,10 +90,8 @@ class GridSolver:
         if not known:
             log.warning("the model has not seen the word %r in training; the answer is a guess", text)
             rule = "threshold"  # margin/softmax compare against known words, which says little about a new one
-        vectors = self.model.embed_images(pictures)
-        prompt_vector = self.model.embed_texts([text])[0]
-        other_vectors = self._other_vectors(text) if rule != "threshold" else np.zeros((0, self.model.dim))
-        scores = cell_scores(rule, vectors, prompt_vector, other_vectors, self.model.logit_scale)
+        similarity, other = self.similarities(self.model.embed_images(pictures), text, rule != "threshold")
+        scores = rule_scores(rule, similarity, other, self.model.logit_scale)
         picked, probabilities, unsure = pick(scores, self.rules[rule], self.unsure_band)
         return GridAnswer(
             prompt=text,
@@ -100,13 +103,40 @@ class GridSolver:
             rule=rule,
         )
 
-    def _other_vectors(self, text: str) -> np.ndarray:
-        """Text vectors of every known word but the prompt and its look-alikes (猫 / 猫脸), cached per prompt."""
+    def similarities(
+        self, cells: np.ndarray, text: str, with_others: bool = True, picture_weight: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Unit cell vectors (N, D) -> (similarity to ``text`` (N,), to every other known word but its look-alikes
+        (N, K), or (N, 0) without ``with_others``): cosine to the text vectors, blended with the words' pictures
+        when the bundle has them (``picture_weight``: the text's share, default the bundle's)."""
+        weight = self.picture_weight if picture_weight is None else picture_weight
+        similarity = cells @ self.model.embed_texts([text])[0]  # (N,)
+        if with_others:
+            others, columns, has = self._other_words(text)
+        else:
+            others, columns, has = np.zeros((0, cells.shape[1]), np.float32), np.zeros(0, np.int64), np.zeros(0, bool)
+        other = cells @ others.T  # (N, K)
+        if self.pictures is None or weight >= 1.0:
+            return similarity, other
+        by_picture = self.pictures.similarity(cells)  # (N, W)
+        if text in self.pictures:
+            (own,), _ = picture_columns(self.pictures, [text])
+            similarity = blend(similarity[:, None], by_picture[:, [own]], weight)[:, 0]
+        if len(columns):
+            other = blend(other, np.where(has, by_picture[:, columns], np.nan), weight)
+        return similarity, other
+
+    def _other_words(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Text vectors (K, D) of every known word but the prompt and its look-alikes (猫 / 猫脸), and their columns
+        among the pictures (index, present?); cached per prompt."""
         if text not in self._others:
             banned = {text, *self.related.get(text, ())}
-            vectors = self.model.embed_texts([p for p in self.prompts if p not in banned])  # (K, D)
+            words = [p for p in self.prompts if p not in banned]
+            vectors = self.model.embed_texts(words)  # (K, D)
             # kept as the transpose of a C-contiguous (D, K) array: cells @ others.T is then ~3x faster
-            self._others[text] = np.ascontiguousarray(vectors.T).T
+            vectors = np.ascontiguousarray(vectors.T).T
+            columns, has = picture_columns(self.pictures, words) if self.pictures else (np.zeros(0, int),) * 2
+            self._others[text] = (vectors, columns, has.astype(bool))
         return self._others[text]
 
     def _cells(

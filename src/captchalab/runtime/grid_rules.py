@@ -48,10 +48,14 @@ class RuleParams:
 
 def cell_scores(rule: str, cells: np.ndarray, prompt: np.ndarray, others: np.ndarray, logit_scale: float) -> np.ndarray:
     """cells (N, D) and prompt (D,) unit vectors, others (K, D) the other known words -> (N,) scores."""
-    similarity = cells @ prompt  # (N,)
-    if rule == "threshold" or len(others) == 0:
+    other = cells @ others.T if rule != "threshold" and len(others) else np.zeros((len(cells), 0), cells.dtype)
+    return rule_scores(rule, cells @ prompt, other, logit_scale)
+
+
+def rule_scores(rule: str, similarity: np.ndarray, other: np.ndarray, logit_scale: float) -> np.ndarray:
+    """A cell's similarity to the prompt (N,) and to every other known word (N, K) -> (N,) scores of ``rule``."""
+    if rule == "threshold" or other.shape[1] == 0:
         return similarity
-    other = cells @ others.T  # (N, K)
     if rule == "margin":
         return similarity - other.max(axis=1)
     if rule == "softmax":
