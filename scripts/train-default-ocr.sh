@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the shipped default OCR bundle (src/captchalab/assets/ocr-default) from scratch.
-# About 280k generated images (2.6 GB of PNG, ~15 min) and ~80 min of training (6 epochs) on a 2-core CPU.
+# About 280k generated images (2.6 GB of PNG, ~15 min) and ~80 min of training (6 epochs) on a 2-core CPU, then int8.
 set -euo pipefail
 DATA=${DATA:-data/ocr-default}
 RUN=${RUN:-runs/ocr-default}
@@ -16,3 +16,5 @@ $cl ocr export "$RUN" --out src/captchalab/assets/ocr-default \
     --training-command "scripts/train-default-ocr.sh: captchalab ocr train DATA --out RUN --schedule cosine --max-epochs 6 --patience 100 --split 0.9,0.05,0.05 --lr 2e-3 --batch-size 128 --seed 0 --workers 2" \
     --licenses scripts/ocr-default-licenses.json --alphabets lower+digits:0.2,upper+digits:0.2,alnum:0.6 \
     --data-statement "280,000 synthetic 160x60 captchas made by captchalab ocr generate (scripts/train-default-ocr.sh): 230k captcha-library style, 50k builtin style; lengths 4-6; a-z A-Z 0-9"
+# then int8, gated on development sets (the fp32 export is kept as model.fp32.onnx)
+python scripts/quantize-default-ocr.py
