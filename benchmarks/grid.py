@@ -2,7 +2,7 @@
 zero-shot vs fine-tuned on a style the default never saw, and latency per 9-cell grid on 1 and 2 threads.
 
     python benchmarks/grid.py [--model default] [--grids DIR] [--new-style-grids DIR --finetuned BUNDLE]
-                              [--out benchmarks/results/grid.json]
+                              [--seen-design-grids DIR] [--out benchmarks/results/grid.json]
 
 Without --grids it generates 1,000 grids (half 2x3, half 3x3) from each word's held-out icon style with seed 500:
 cell images never seen in training, words seen. Needs the icon library (python scripts/build_grid_icons.py).
@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--new-style-grids", type=Path, help="grids in a style the model was not trained on")
     parser.add_argument("--finetuned", help="the model fine-tuned on that style (zero-shot vs fine-tuned)")
+    parser.add_argument("--seen-design-grids", type=Path,
+                        help="grids of the training designs, freshly styled (grid generate --split train)")  # fmt: skip
     parser.add_argument("--latency-grids", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/grid.json"))
     args = parser.parse_args()
@@ -97,6 +99,9 @@ def main() -> None:
             if args.finetuned:
                 result["new_style"]["fine_tuned"] = {"model": args.finetuned,
                                                      **accuracy(args.finetuned, args.new_style_grids)}  # fmt: skip
+        if args.seen_design_grids:
+            result["seen_designs"] = {"grids": str(args.seen_design_grids),
+                                      **accuracy(args.model, args.seen_design_grids)}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
     held = result["held_out_grids"]
@@ -112,6 +117,9 @@ def main() -> None:
             if name in result["new_style"]:
                 row = result["new_style"][name]
                 print(f"new style, {name}: solve rate {row['solve_rate']:.4f}, cell F1 {row['cell_f1']:.4f}")
+    if "seen_designs" in result:
+        row = result["seen_designs"]
+        print(f"seen designs, new renderings: solve rate {row['solve_rate']:.4f}, cell F1 {row['cell_f1']:.4f}")
     print(f"wrote {args.out}")
 
 
