@@ -128,15 +128,16 @@ def recalibrate(
     """Fit every rule on the labelled ``grids``, keep the best, write the bundle to ``out``; -> the report.
 
     ``pictures``: labelled cells to take each word's prototype pictures from (replacing any the bundle has); the
-    share of the text similarity is then fitted as well (``PICTURE_WEIGHTS``; 1 = text only)."""
+    share of the text similarity is then fitted as well (``PICTURE_WEIGHTS``; 1 = text only). Each rule's
+    ``before`` is its solve rate with the bundle's old parameters and old share; ``after`` is at the chosen share,
+    so a rule other than the best can end lower when new pictures change the share."""
     out = Path(out)
     if pictures is not None and keep_threshold:
         raise CaptchalabError("--keep-threshold and --pictures do not go together: new pictures change every score")
     bundle = load_bundle(model, "grid")
     solver = GridSolver(ClipModel(bundle))
     if pictures is not None:
-        solver.pictures = build_pictures(solver, pictures)
-        solver._others.clear()
+        solver.use_pictures(build_pictures(solver, pictures))
     embedded, truths, skipped = embed_grids(solver, grids)
     manifest = copy.deepcopy(bundle.manifest)
     decision = manifest["decision"]

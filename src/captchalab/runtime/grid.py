@@ -60,9 +60,12 @@ class GridSolver:
         self.related = {entry["text"]: set(entry.get("related", [])) for entry in manifest.get("prompts", [])}
         self._known = set(self.prompts)
         self._others: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._own_picture: dict[str, int | None] = {}  # the prompt's column among the pictures, cached
         # pictures of the known words (runtime.grid_pictures), blended with the text similarity when present
         has_pictures = "pictures" in manifest.get("files", {})
         self.pictures = WordPictures.load(model.bundle.file("pictures")) if has_pictures else None
+        if self.pictures is not None and self.pictures.vectors.shape[1] != model.dim:
+            raise CaptchalabError(f"{model.bundle.file('pictures')}: pictures of another model (not {model.dim}-d)")
         self.picture_weight = float(decision.get("picture_weight", 1.0)) if self.pictures else 1.0
 
     def resolve_prompt(self, prompt: str) -> tuple[str, bool]:
@@ -103,6 +106,12 @@ class GridSolver:
             rule=rule,
         )
 
+    def use_pictures(self, pictures: WordPictures) -> None:
+        """Solve with these word pictures from now on (the blend keeps its share until told otherwise)."""
+        self.pictures = pictures
+        self._others.clear()
+        self._own_picture.clear()
+
     def similarities(
         self, cells: np.ndarray, text: str, with_others: bool = True, picture_weight: float | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -119,8 +128,11 @@ class GridSolver:
         if self.pictures is None or weight >= 1.0:
             return similarity, other
         by_picture = self.pictures.similarity(cells)  # (N, W)
-        if text in self.pictures:
-            (own,), _ = picture_columns(self.pictures, [text])
+        if text not in self._own_picture:
+            (column,), (has_own,) = picture_columns(self.pictures, [text])
+            self._own_picture[text] = int(column) if has_own else None
+        own = self._own_picture[text]
+        if own is not None:
             similarity = blend(similarity[:, None], by_picture[:, [own]], weight)[:, 0]
         if len(columns):
             other = blend(other, np.where(has, by_picture[:, columns], np.nan), weight)

@@ -33,8 +33,11 @@ class WordPictures:
     starts: np.ndarray  # (W,) first row of each word's group
 
     def __post_init__(self) -> None:
-        if len(self.words) != len(self.starts) or len(set(self.words)) != len(self.words):
-            raise ValueError("pictures: one start per distinct word")
+        ordered = len(self.starts) == 0 or (self.starts[0] == 0 and bool(np.all(np.diff(self.starts) > 0)))
+        if len(self.words) != len(self.starts) or len(set(self.words)) != len(self.words) or not ordered:
+            raise ValueError("pictures: one increasing start row per distinct word")
+        if self.vectors.ndim != 2 or (len(self.starts) and self.starts[-1] >= len(self.vectors)):
+            raise ValueError("pictures: the vectors do not fit the start rows")
 
     @classmethod
     def from_groups(cls, groups: dict[str, np.ndarray]) -> WordPictures:
@@ -50,9 +53,9 @@ class WordPictures:
         try:
             with np.load(path, allow_pickle=False) as data:
                 words, vectors, starts = data["words"], data["vectors"], data["starts"]
+            return cls(tuple(str(w) for w in words), vectors.astype(np.float32), starts.astype(np.int64))
         except (OSError, KeyError, ValueError) as exc:
             raise CaptchalabError(f"{path}: not a readable pictures file ({exc})") from None
-        return cls(tuple(str(w) for w in words), vectors.astype(np.float32), starts.astype(np.int64))
 
     def save(self, path: Path) -> None:
         np.savez(path, words=np.asarray(self.words), vectors=self.vectors.astype(np.float16), starts=self.starts)

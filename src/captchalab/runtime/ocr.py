@@ -151,8 +151,8 @@ class OutputSpace:
         for a, alphabet in enumerate(self.alphabets):
             rows = np.flatnonzero(chosen == a)
             if len(rows):
-                for row, reading in zip(rows, decode_readings(log_probs[rows], self.model_chars, decoder, self.fold,
-                                                              alphabet)):  # fmt: skip
+                decoded = decode_readings(log_probs[rows], self.model_chars, decoder, self.fold, alphabet)
+                for row, reading in zip(rows, decoded):
                     readings[row] = reading
         return readings  # type: ignore[return-value]
 
