@@ -106,3 +106,13 @@ def test_the_shipped_default_is_complete_and_solves_the_example_grids():
     assert 0 < solver.picture_weight < 1
     examples = Path(__file__).resolve().parents[1] / "examples" / "grids"
     assert evaluate("default", examples)["solve_rate"] >= 0.75  # guards the bundle; the benchmark measures it
+
+
+def test_a_pictures_file_that_does_not_fit_is_one_clear_error(tmp_path: Path):
+    vectors = np.eye(4, dtype=np.float16)
+    np.savez(tmp_path / "p.npz", words=np.asarray(["猫", "狗"]), vectors=vectors, starts=np.array([0, 9]))
+    with pytest.raises(CaptchalabError, match="not a readable pictures file"):
+        WordPictures.load(tmp_path / "p.npz")
+    np.savez(tmp_path / "q.npz", words=np.asarray(["猫", "狗"]), vectors=vectors, starts=np.array([2, 1]))
+    with pytest.raises(CaptchalabError, match="not a readable pictures file"):
+        WordPictures.load(tmp_path / "q.npz")
