@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Build the picture-grid icon library (build time only; the package never runs this).
 
-Fetches pinned npm packages with ``npm pack`` (CLDR emoji names from ``emojibase-data``, emoji artwork from ten
-Iconify JSON sets, three of them for training only), chooses a few hundred prompt words and rasterises each word's
+Fetches pinned npm packages with ``npm pack`` (CLDR emoji names from ``emojibase-data``, emoji artwork from eleven
+Iconify JSON sets, four of them for training only), chooses a few hundred prompt words and rasterises each word's
 icon in every style::
 
     python scripts/build_grid_icons.py [--out data/grid-icons] [--cache data/npm-cache]
@@ -51,6 +51,9 @@ class StyleSource:
     names_from: str | None = None  # style whose chars.json to borrow when this set's own is empty (same names)
     compact_names: bool = False  # names without separators (Mozilla fxemoji): extra matching rules
     aliases: dict[str, str] = field(default_factory=dict)  # CLDR English label -> icon name, checked by eye
+    # tried after the plain slug: Streamline names its first drawing "cloud-1" and the faces CLDR calls plain
+    # "wolf" or "lion" (both emojis are faces) "wolf-face"
+    slug_suffixes: tuple[str, ...] = ()
 
 
 STYLES: dict[str, StyleSource] = {
@@ -83,6 +86,8 @@ STYLES: dict[str, StyleSource] = {
     "fluent-emoji-high-contrast": StyleSource(
         "@iconify-json/fluent-emoji-high-contrast", "1.2.6", names_from="fluent-emoji-flat"
     ),
+    # a tenth design by other hands (hand-drawn, ~200 of the words); no default style is of its family
+    "streamline-emojis": StyleSource("@iconify-json/streamline-emojis", "1.2.4", slug_suffixes=("-1", "-face")),
 }
 DEFAULT_STYLES = ["twemoji", "noto", "fluent-emoji-flat", "fluent-emoji", "fxemoji", "emojione"]
 HOLDOUT_STYLE = "openmoji"
@@ -92,6 +97,7 @@ EXTRA_STYLES = {
     "noto-v1": {"noto"},
     "emojione-monotone": {"emojione"},
     "fluent-emoji-high-contrast": {"fluent-emoji", "fluent-emoji-flat"},
+    "streamline-emojis": set(),
 }
 
 GROUPS = {3: "animals-nature", 4: "food-drink", 5: "travel-places", 6: "activities", 7: "objects"}
@@ -191,8 +197,11 @@ class IconSet:
         return svg, transform
 
 
-def match_name(emoji: dict, icons: IconSet, source: StyleSource, chars: dict[str, str]) -> tuple[str | None, str]:
-    """The icon name of an emojibase entry in a set, and how it was found (chars, slug, alias, compact)."""
+def match_name(
+    emoji: dict, icons: IconSet, source: StyleSource, chars: dict[str, str], slugs: frozenset[str] = frozenset()
+) -> tuple[str | None, str]:
+    """The icon name of an emojibase entry in a set, and how it was found (chars, slug, alias, compact).
+    ``slugs``: every candidate's slug; a suffixed name that is another emoji's own slug ("tiger-face") is not taken."""
     hexcode = emoji["hexcode"].lower()
     for code in (hexcode, hexcode.replace("-fe0f", "")):
         if chars.get(code) and icons.has(chars[code]):
@@ -202,6 +211,9 @@ def match_name(emoji: dict, icons: IconSet, source: StyleSource, chars: dict[str
         return source.aliases[label], "alias"
     if icons.has(slugify(label)):
         return slugify(label), "slug"
+    for suffix in source.slug_suffixes:
+        if slugify(label) + suffix not in slugs and icons.has(slugify(label) + suffix):
+            return slugify(label) + suffix, "slug" + suffix
     if source.compact_names:
         # fxemoji: "<animal>" is the face and "<animal>side" the whole animal, where both exist
         if icons.has(compact(label) + "side"):
@@ -324,12 +336,13 @@ def build(out: Path, cache: Path, max_words: int, force: bool) -> dict:
     )
     matched: dict[str, dict[str, str]] = {}  # hexcode -> style -> icon name
     report: dict[str, dict[str, int]] = {}
+    slugs = frozenset(slugify(emoji["label"]) for emoji in en)
     for style, source in STYLES.items():
         chars = sets[source.names_from].chars if source.names_from else sets[style].chars
         how_counts: dict[str, int] = {}
         disagree = []
         for emoji in chosen:
-            name, how = match_name(emoji, sets[style], source, chars)
+            name, how = match_name(emoji, sets[style], source, chars, slugs)
             if name is None:
                 continue
             matched.setdefault(emoji["hexcode"], {})[style] = name
