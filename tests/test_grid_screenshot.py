@@ -22,6 +22,7 @@ from captchalab.runtime.grid_layout import (
     guess_layout,
     locate_grid,
     split_cells,
+    split_grid,
     uniform_lines,
 )
 from captchalab.runtime.screenshot import extract_target
@@ -192,6 +193,21 @@ def test_guess_layout_from_gutters(rows: int, cols: int) -> None:
     # Cells drawn square-ish on purpose wrong for the aspect rule: gutters must win.
     grid, _, _ = render_grid(rows, cols, cell=(70, 100) if cols == 3 else (100, 70), gutter=5, border=2, seed=4)
     assert guess_layout(grid) == (rows, cols)
+
+
+@pytest.mark.parametrize("rows,cols,gutter", [(2, 3, 5), (3, 3, 0), (3, 2, 8)])
+def test_split_grid_is_guess_then_split(rows: int, cols: int, gutter: int) -> None:
+    grid, _, _ = render_grid(rows, cols, gutter=gutter, border=2, seed=rows + cols + gutter)
+    guessed = guess_layout(grid)
+    cells, shape = split_grid(grid)
+    assert shape == guessed
+    expected = split_cells(grid, *guessed)
+    assert [np.asarray(c).tobytes() for c in cells] == [np.asarray(c).tobytes() for c in expected]
+    cells, shape = split_grid(grid, (rows, cols))  # a layout given is used as it is
+    assert shape == (rows, cols) and len(cells) == rows * cols
+    if gutter:  # gutters contradict another layout: the same error as split_cells
+        with pytest.raises(CaptchalabError, match="does not divide into 3x3"):
+            split_grid(grid, (3, 3))
 
 
 @pytest.mark.parametrize("size,expected", [((300, 300), (3, 3)), ((390, 260), (2, 3)), ((260, 390), (3, 2))])

@@ -164,12 +164,11 @@ class GridSolver:
             if shape[0] * shape[1] != len(pictures):
                 raise CaptchalabError(f"{len(pictures)} cells do not fill a {layout} grid")
             return pictures, f"{shape[0]}x{shape[1]}"
-        from captchalab.runtime.grid_layout import guess_layout, split_cells
+        from captchalab.runtime.grid_layout import split_grid
 
         name = str(image) if isinstance(image, (str, os.PathLike)) else None
-        grid = load_image(image, name=name)
-        shape = parse_layout(layout) or guess_layout(grid)
-        return split_cells(grid, *shape), f"{shape[0]}x{shape[1]}"
+        pictures, (rows, cols) = split_grid(load_image(image, name=name), parse_layout(layout))
+        return pictures, f"{rows}x{cols}"
 
 
 _SOLVERS: dict[tuple[str, int | None], GridSolver] = {}

@@ -132,10 +132,24 @@ def _conflict(uniform: np.ndarray, fit: AxisFit) -> tuple[int, int] | None:
     return None
 
 
-def _fit(grid: Image.Image, rows: int, cols: int) -> tuple[AxisFit, AxisFit]:
-    pixels = _rgb(grid)
-    fits = fit_axis(uniform_lines(pixels, 0), rows), fit_axis(uniform_lines(pixels, 1), cols)
-    return tuple(_drop_foreign_conflict(pixels, axis, fit) for axis, fit in enumerate(fits))  # type: ignore[return-value]
+@dataclass(frozen=True)
+class GridLines:
+    """A grid image's pixels and which of its rows and columns are flat: computed once, shared by the layout guess
+    and the split."""
+
+    pixels: np.ndarray  # (H, W, 3) int16
+    uniform_rows: np.ndarray  # (H,) bool
+    uniform_cols: np.ndarray  # (W,) bool
+
+    @classmethod
+    def of(cls, grid: Image.Image) -> GridLines:
+        pixels = _rgb(grid)
+        return cls(pixels, uniform_lines(pixels, 0), uniform_lines(pixels, 1))
+
+
+def _fit(lines: GridLines, rows: int, cols: int) -> tuple[AxisFit, AxisFit]:
+    fits = fit_axis(lines.uniform_rows, rows), fit_axis(lines.uniform_cols, cols)
+    return tuple(_drop_foreign_conflict(lines.pixels, axis, fit) for axis, fit in enumerate(fits))  # type: ignore[return-value]
 
 
 def _line_colour(pixels: np.ndarray, axis: int, begin: int, end: int) -> np.ndarray:
@@ -155,13 +169,13 @@ def _drop_foreign_conflict(pixels: np.ndarray, axis: int, fit: AxisFit) -> AxisF
     return AxisFit(fit.n, fit.start, fit.gutter, fit.end_trim, fit.cell, None)
 
 
-def cell_boxes(grid: Image.Image, rows: int, cols: int) -> list[Box]:
+def cell_boxes(grid: Image.Image, rows: int, cols: int, lines: GridLines | None = None) -> list[Box]:
     """The (left, top, right, bottom) box of each cell, row-major; see ``split_cells``."""
     if rows < 1 or cols < 1:
         raise CaptchalabError(f"layout {rows}x{cols}: rows and columns must be at least 1")
     width, height = grid.size
     try:
-        fy, fx = _fit(grid, rows, cols)
+        fy, fx = _fit(lines or GridLines.of(grid), rows, cols)
     except CaptchalabError as exc:
         raise CaptchalabError(f"grid image {width}x{height} does not divide into {rows}x{cols} cells: {exc}") from None
     for fit, axis, along in ((fy, "y", "rows"), (fx, "x", "columns")):
@@ -185,6 +199,14 @@ def split_cells(grid: Image.Image, rows: int, cols: int) -> list[Image.Image]:
     return [grid.crop(box) for box in cell_boxes(grid, rows, cols)]
 
 
+def split_grid(grid: Image.Image, shape: tuple[int, int] | None = None) -> tuple[list[Image.Image], tuple[int, int]]:
+    """(cells, (rows, cols)): ``split_cells`` with the layout given or, for None, guessed (``guess_layout``); the
+    pixels are scanned for flat lines once for both."""
+    lines = GridLines.of(grid)
+    rows, cols = shape or guess_layout(grid, lines)
+    return [grid.crop(box) for box in cell_boxes(grid, rows, cols, lines)], (rows, cols)
+
+
 def _gutter_evidence(uniform: np.ndarray) -> int | None:
     """The number of cells (2 or 3) along an axis that its gutters show, or None when gutters say nothing."""
     votes = []
@@ -195,14 +217,14 @@ def _gutter_evidence(uniform: np.ndarray) -> int | None:
     return votes[0] if len(votes) == 1 else None
 
 
-def guess_layout(grid: Image.Image) -> tuple[int, int]:
+def guess_layout(grid: Image.Image, lines: GridLines | None = None) -> tuple[int, int]:
     """(rows, cols) of a grid image for ``--layout auto``: 3x3, 2x3 (2 rows of 3) or 3x2.
 
     Gutters decide where they exist (2 or 3 cells along an axis); otherwise the layout whose cells are closest to
     square wins (a square-ish grid is 3x3, a wide one 2x3, a tall one 3x2).
     """
-    pixels = _rgb(grid)
-    uniform_rows, uniform_cols = uniform_lines(pixels, 0), uniform_lines(pixels, 1)
+    lines = lines or GridLines.of(grid)
+    uniform_rows, uniform_cols = lines.uniform_rows, lines.uniform_cols
     rows, cols = _gutter_evidence(uniform_rows), _gutter_evidence(uniform_cols)
     if rows and cols:
         log.debug("layout %dx%d from gutters", rows, cols)
