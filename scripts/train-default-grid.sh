@@ -2,10 +2,14 @@
 # Reproduce the shipped default grid bundle (src/captchalab/assets/grid-default) from scratch on a 2-core CPU.
 # Stage 1 (6 emoji sets, from ImageNet): icons ~1 min, cells ~3 min, training ~40 min.
 # Stage 2 (+3 training-only sets, fine-tuned from stage 1): cells ~2 min, training ~26 min; export + calibration ~1 min.
+# Stage 3 (+Streamline Emojis, a tenth set, training-only): cells ~4 min, training ~30 min.
+# Stage 4 (fresh renderings of the same ten sets, fine-tuned from stage 3): cells ~4 min, training ~20 min.
 set -euo pipefail
 DATA=${DATA:-data/grid}
 RUNS=${RUNS:-runs}
 cl=captchalab
+NINE=twemoji,noto,fluent-emoji-flat,fluent-emoji,fxemoji,emojione,noto-v1,emojione-monotone,fluent-emoji-high-contrast
+TEN=$NINE,streamline-emojis
 python scripts/build_grid_icons.py --out data/grid-icons            # npm pack + cairosvg (pip install '.[build]')
 
 # stage 1: 100 styled cells per word from each word's training styles (its held-out test style is never drawn here)
@@ -16,8 +20,7 @@ $cl grid train "$DATA/ds" --out "$RUNS/grid-stage1" --init imagenet --augment --
 $cl grid export "$RUNS/grid-stage1" --out "$RUNS/grid-stage1-bundle" --aliases data/grid-icons/words.json
 
 # stage 2: 120 cells per word over nine sets (the three extra ones never for a word whose test style is of their family)
-$cl grid cells "$DATA/cells-v2" --per-word 120 --seed 11 --split train --workers 2 \
-    --styles twemoji,noto,fluent-emoji-flat,fluent-emoji,fxemoji,emojione,noto-v1,emojione-monotone,fluent-emoji-high-contrast
+$cl grid cells "$DATA/cells-v2" --per-word 120 --seed 11 --split train --workers 2 --styles $NINE
 $cl grid dataset build "$DATA/cells-v2" --out "$DATA/ds-v2" --split 0.9,0.05,0.05
 $cl grid train "$DATA/ds-v2" --out "$RUNS/grid-v2" --init "$RUNS/grid-stage1-bundle" --augment --epochs 3 \
     --batch-size 128 --lr 3e-4 --warmup 50 --wd 0.01 --valid-every 100 --save-every 50
@@ -25,15 +28,30 @@ $cl grid export "$RUNS/grid-v2" --out "$RUNS/grid-v2-bundle" --aliases data/grid
     --licenses scripts/grid-default-licenses.json \
     --data-statement "48,000 styled cells (120 per word) of 400 emoji words, drawn by captchalab grid cells from 9 open emoji sets (Twemoji, Noto, Noto v1, Fluent Emoji flat, 3D and high-contrast, Firefox OS Emoji, Emoji One and Emoji One monotone), each word's held-out style (and extra sets of its family) excluded; names from emojibase-data (CLDR zh/en). Fine-tuned from the previous default (40,000 cells of the first 6 sets)"
 
+# stage 3: 150 cells per word over ten sets (Streamline Emojis added; it is of no default set's family)
+$cl grid cells "$DATA/cells-v3" --per-word 150 --seed 41 --split train --workers 2 --styles $TEN
+$cl grid dataset build "$DATA/cells-v3" --out "$DATA/ds-v3" --split 0.9,0.05,0.05
+$cl grid train "$DATA/ds-v3" --out "$RUNS/grid-v3" --init "$RUNS/grid-v2-bundle" --augment --epochs 3 \
+    --batch-size 128 --lr 2e-4 --warmup 50 --wd 0.01 --valid-every 100 --save-every 50
+$cl grid export "$RUNS/grid-v3" --out "$RUNS/grid-v3-bundle" --aliases data/grid-icons/words.json
+
+# stage 4: the same ten sets, fresh renderings (another seed), two more epochs
+$cl grid cells "$DATA/cells-v4" --per-word 150 --seed 51 --split train --workers 2 --styles $TEN
+$cl grid dataset build "$DATA/cells-v4" --out "$DATA/ds-v4" --split 0.9,0.05,0.05
+$cl grid train "$DATA/ds-v4" --out "$RUNS/grid-v4" --init "$RUNS/grid-v3-bundle" --augment --epochs 2 \
+    --batch-size 128 --lr 1.5e-4 --warmup 50 --wd 0.01 --valid-every 100 --save-every 50
+$cl grid export "$RUNS/grid-v4" --out "$RUNS/final/grid-v4" --aliases data/grid-icons/words.json \
+    --licenses scripts/grid-default-licenses.json \
+    --data-statement "60,000 styled cells (150 per word) of 400 emoji words, drawn by captchalab grid cells (seed 51) from 10 open emoji sets (Twemoji, Noto, Noto v1, Fluent Emoji flat, 3D and high-contrast, Firefox OS Emoji, Emoji One and Emoji One monotone, Streamline Emojis), each word's held-out style (and extra sets of its family) excluded; names from emojibase-data (CLDR zh/en). Fine-tuned from stage 3 (60,000 cells of the same ten sets, seed 41), itself fine-tuned from stage 2 (48,000 cells of the first nine sets) and stage 1 (40,000 cells of the six default sets, from ImageNet)"
+
 # decision rule: re-fitted on grids of a style the model never saw (OpenMoji) and of words the benchmark's new-style
 # set does not use (--skip-words 60 vs its --words 60), so that it holds on pictures unlike the training data
 $cl grid generate "$DATA/openmoji-calib" --count 600 --styles openmoji --split all --skip-words 60 --seed 901
-$cl grid calibrate "$RUNS/grid-v2-bundle" "$DATA/openmoji-calib" --out src/captchalab/assets/grid-default
+$cl grid calibrate "$RUNS/final/grid-v4" "$DATA/openmoji-calib" --out "$RUNS/final/grid-v4-cal"
 
 # pictures: 8 prototypes per word from fresh styled training cells (no held-out style), blended with the text
 # similarity; blend and rules re-fitted on the same OpenMoji grids
-$cl grid cells "$DATA/cells-pictures" --per-word 64 --seed 31 --split train --workers 2 \
-    --styles twemoji,noto,fluent-emoji-flat,fluent-emoji,fxemoji,emojione,noto-v1,emojione-monotone,fluent-emoji-high-contrast
-$cl grid calibrate src/captchalab/assets/grid-default "$DATA/openmoji-calib" --out "$RUNS/grid-default-pictures" \
-    --pictures "$DATA/cells-pictures"
-rm -r src/captchalab/assets/grid-default && cp -r "$RUNS/grid-default-pictures" src/captchalab/assets/grid-default
+$cl grid cells "$DATA/cells-pictures-v3" --per-word 64 --seed 31 --split train --workers 2 --styles $TEN
+$cl grid calibrate "$RUNS/final/grid-v4-cal" "$DATA/openmoji-calib" --out "$RUNS/final/grid-v4-pictures" \
+    --pictures "$DATA/cells-pictures-v3"
+rm -r src/captchalab/assets/grid-default && cp -r "$RUNS/final/grid-v4-pictures" src/captchalab/assets/grid-default
