@@ -12,34 +12,33 @@ NINE=twemoji,noto,fluent-emoji-flat,fluent-emoji,fxemoji,emojione,noto-v1,emojio
 TEN=$NINE,streamline-emojis
 python scripts/build_grid_icons.py --out data/grid-icons            # npm pack + cairosvg (pip install '.[build]')
 
-# stage 1: 100 styled cells per word from each word's training styles (its held-out test style is never drawn here)
-$cl grid cells "$DATA/cells-train" --per-word 100 --seed 1 --split train --workers 2
-$cl grid dataset build "$DATA/cells-train" --out "$DATA/ds" --split 0.9,0.05,0.05
-$cl grid train "$DATA/ds" --out "$RUNS/grid-stage1" --init imagenet --augment --epochs 4 --batch-size 128 --lr 1e-3 \
-    --warmup 100 --wd 0.01 --valid-every 100 --save-every 50
+# One stage: styled training cells (each word's held-out test style is never drawn) -> dataset -> fine-tuning.
+# stage NAME INIT EPOCHS LR WARMUP [grid cells options...]  ->  $RUNS/grid-NAME
+stage() {
+    local name=$1 init=$2 epochs=$3 lr=$4 warmup=$5
+    shift 5
+    $cl grid cells "$DATA/cells-$name" --split train --workers 2 "$@"
+    $cl grid dataset build "$DATA/cells-$name" --out "$DATA/ds-$name" --split 0.9,0.05,0.05
+    $cl grid train "$DATA/ds-$name" --out "$RUNS/grid-$name" --init "$init" --augment --epochs "$epochs" \
+        --batch-size 128 --lr "$lr" --warmup "$warmup" --wd 0.01 --valid-every 100 --save-every 50
+}
+
+# stage 1: 100 cells per word from the six default sets, from ImageNet
+stage stage1 imagenet 4 1e-3 100 --per-word 100 --seed 1
 $cl grid export "$RUNS/grid-stage1" --out "$RUNS/grid-stage1-bundle" --aliases data/grid-icons/words.json
 
 # stage 2: 120 cells per word over nine sets (the three extra ones never for a word whose test style is of their family)
-$cl grid cells "$DATA/cells-v2" --per-word 120 --seed 11 --split train --workers 2 --styles $NINE
-$cl grid dataset build "$DATA/cells-v2" --out "$DATA/ds-v2" --split 0.9,0.05,0.05
-$cl grid train "$DATA/ds-v2" --out "$RUNS/grid-v2" --init "$RUNS/grid-stage1-bundle" --augment --epochs 3 \
-    --batch-size 128 --lr 3e-4 --warmup 50 --wd 0.01 --valid-every 100 --save-every 50
+stage v2 "$RUNS/grid-stage1-bundle" 3 3e-4 50 --per-word 120 --seed 11 --styles $NINE
 $cl grid export "$RUNS/grid-v2" --out "$RUNS/grid-v2-bundle" --aliases data/grid-icons/words.json \
     --licenses scripts/grid-default-licenses.json \
     --data-statement "48,000 styled cells (120 per word) of 400 emoji words, drawn by captchalab grid cells from 9 open emoji sets (Twemoji, Noto, Noto v1, Fluent Emoji flat, 3D and high-contrast, Firefox OS Emoji, Emoji One and Emoji One monotone), each word's held-out style (and extra sets of its family) excluded; names from emojibase-data (CLDR zh/en). Fine-tuned from the previous default (40,000 cells of the first 6 sets)"
 
 # stage 3: 150 cells per word over ten sets (Streamline Emojis added; it is of no default set's family)
-$cl grid cells "$DATA/cells-v3" --per-word 150 --seed 41 --split train --workers 2 --styles $TEN
-$cl grid dataset build "$DATA/cells-v3" --out "$DATA/ds-v3" --split 0.9,0.05,0.05
-$cl grid train "$DATA/ds-v3" --out "$RUNS/grid-v3" --init "$RUNS/grid-v2-bundle" --augment --epochs 3 \
-    --batch-size 128 --lr 2e-4 --warmup 50 --wd 0.01 --valid-every 100 --save-every 50
+stage v3 "$RUNS/grid-v2-bundle" 3 2e-4 50 --per-word 150 --seed 41 --styles $TEN
 $cl grid export "$RUNS/grid-v3" --out "$RUNS/grid-v3-bundle" --aliases data/grid-icons/words.json
 
 # stage 4: the same ten sets, fresh renderings (another seed), two more epochs
-$cl grid cells "$DATA/cells-v4" --per-word 150 --seed 51 --split train --workers 2 --styles $TEN
-$cl grid dataset build "$DATA/cells-v4" --out "$DATA/ds-v4" --split 0.9,0.05,0.05
-$cl grid train "$DATA/ds-v4" --out "$RUNS/grid-v4" --init "$RUNS/grid-v3-bundle" --augment --epochs 2 \
-    --batch-size 128 --lr 1.5e-4 --warmup 50 --wd 0.01 --valid-every 100 --save-every 50
+stage v4 "$RUNS/grid-v3-bundle" 2 1.5e-4 50 --per-word 150 --seed 51 --styles $TEN
 $cl grid export "$RUNS/grid-v4" --out "$RUNS/final/grid-v4" --aliases data/grid-icons/words.json \
     --licenses scripts/grid-default-licenses.json \
     --data-statement "60,000 styled cells (150 per word) of 400 emoji words, drawn by captchalab grid cells (seed 51) from 10 open emoji sets (Twemoji, Noto, Noto v1, Fluent Emoji flat, 3D and high-contrast, Firefox OS Emoji, Emoji One and Emoji One monotone, Streamline Emojis), each word's held-out style (and extra sets of its family) excluded; names from emojibase-data (CLDR zh/en). Fine-tuned from stage 3 (60,000 cells of the same ten sets, seed 41), itself fine-tuned from stage 2 (48,000 cells of the first nine sets) and stage 1 (40,000 cells of the six default sets, from ImageNet)"
