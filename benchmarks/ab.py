@@ -3,10 +3,12 @@ moves both alike.
 
     python benchmarks/ab.py ocr  [--rounds 2]                  # int8 default vs its fp32 original, auto vs any
     python benchmarks/ab.py grid --grids DIR [--count 200]     # default grid bundle with vs without word pictures
+    python benchmarks/ab.py split --grids DIR [--count 200]    # cutting a grid: split_grid vs guess + split_cells
 
 ``ocr``: one image one thread (median ms) and batched throughput (2 workers, img/s) on 2,000 captcha-library images
 (4 chars a-z0-9, seed 9001). ``grid``: per 9-cell grid from PNG bytes, the two solvers alternating grid by grid, on
-1 and 2 threads. Writes benchmarks/results/ab-<what>.json.
+1 and 2 threads. ``split``: the layout guess and the cut of decoded grids, in one scan (``split_grid``, what the solver
+does) vs two (``guess_layout`` then ``split_cells``). Writes benchmarks/results/ab-<what>.json.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from captchalab.grid import read_grid_manifest  # noqa: E402
 from captchalab.runtime.bundle import MANIFEST, default_bundle_path, load_bundle  # noqa: E402
 from captchalab.runtime.clip import ClipModel  # noqa: E402
 from captchalab.runtime.grid import GridSolver  # noqa: E402
+from captchalab.runtime.grid_layout import guess_layout, split_cells, split_grid  # noqa: E402
 from captchalab.runtime.ocr import OcrReader  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -89,17 +92,42 @@ def grid_ab(grids: Path, count: int, tmp: Path) -> dict:
     return result
 
 
+def split_ab(grids: Path, count: int) -> dict:
+    from PIL import Image
+
+    root, rows = read_grid_manifest(grids)
+    images = [Image.open(root / r["image"]).convert("RGB") for r in rows[:count]]
+    variants = {"split_grid (one scan)": split_grid,
+                "guess_layout + split_cells": lambda grid: split_cells(grid, *guess_layout(grid))}  # fmt: skip
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(2):
+        for image in images:
+            for name, cut in variants.items():
+                started = time.perf_counter()
+                cut(image)
+                times[name].append((time.perf_counter() - started) * 1000)
+    result = {"grids": len(images), "median_ms": {name: statistics.median(t) for name, t in times.items()}}
+    for name, ms in result["median_ms"].items():
+        print(f"{name:28s}: median {ms:.2f} ms")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("ocr", "grid"))
+    parser.add_argument("what", choices=("ocr", "grid", "split"))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--grids", type=Path, help="grid: held-out grids (manifest.jsonl), as benchmarks/grid.py")
     parser.add_argument("--count", type=int, default=200)
     args = parser.parse_args()
-    if args.what == "grid" and not args.grids:
-        parser.error("grid needs --grids")
+    if args.what != "ocr" and not args.grids:
+        parser.error(f"{args.what} needs --grids")
     with tempfile.TemporaryDirectory() as tmp:
-        result = ocr_ab(args.rounds, Path(tmp)) if args.what == "ocr" else grid_ab(args.grids, args.count, Path(tmp))
+        if args.what == "ocr":
+            result = ocr_ab(args.rounds, Path(tmp))
+        elif args.what == "grid":
+            result = grid_ab(args.grids, args.count, Path(tmp))
+        else:
+            result = split_ab(args.grids, args.count)
     out = RESULTS / f"ab-{args.what}.json"
     out.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
     print(f"wrote {out}")

@@ -209,11 +209,12 @@ def match_name(
     label = emoji["label"]
     if label in source.aliases and icons.has(source.aliases[label]):
         return source.aliases[label], "alias"
-    if icons.has(slugify(label)):
-        return slugify(label), "slug"
+    slug = slugify(label)
+    if icons.has(slug):
+        return slug, "slug"
     for suffix in source.slug_suffixes:
-        if slugify(label) + suffix not in slugs and icons.has(slugify(label) + suffix):
-            return slugify(label) + suffix, "slug" + suffix
+        if slug + suffix not in slugs and icons.has(slug + suffix):
+            return slug + suffix, "slug" + suffix
     if source.compact_names:
         # fxemoji: "<animal>" is the face and "<animal>side" the whole animal, where both exist
         if icons.has(compact(label) + "side"):

@@ -196,7 +196,7 @@ def split_cells(grid: Image.Image, rows: int, cols: int) -> list[Image.Image]:
     may differ by one pixel where the size does not divide exactly. Raises CaptchalabError naming the size and layout
     when gutters show the image is not ``rows x cols`` equal cells.
     """
-    return [grid.crop(box) for box in cell_boxes(grid, rows, cols)]
+    return split_grid(grid, (rows, cols))[0]
 
 
 def split_grid(grid: Image.Image, shape: tuple[int, int] | None = None) -> tuple[list[Image.Image], tuple[int, int]]:
