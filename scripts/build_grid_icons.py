@@ -2,12 +2,12 @@
 """Build the picture-grid icon library (build time only; the package never runs this).
 
 Fetches pinned npm packages with ``npm pack`` (CLDR emoji names from ``emojibase-data``, emoji artwork from eleven
-Iconify JSON sets, four of them for training only), chooses a few hundred prompt words and rasterises each word's
-icon in every style::
+Iconify JSON sets and one web font, five of them for training only), chooses a few hundred prompt words and
+rasterises each word's icon in every style::
 
     python scripts/build_grid_icons.py [--out data/grid-icons] [--cache data/npm-cache]
 
-Needs ``npm`` on PATH and ``pip install 'captchalab[build]'`` (cairosvg). Writes::
+Needs ``npm`` on PATH and ``pip install 'captchalab[build]'`` (cairosvg, fontTools). Writes::
 
     OUT/icons/<style>/<word>/<slug>.png    128x128 RGBA, transparent background
     OUT/words.json                         styles (package, version, licence, credit), words and their styles
@@ -44,7 +44,7 @@ EMOJIBASE = ("emojibase-data", "17.0.0")
 
 @dataclass(frozen=True)
 class StyleSource:
-    """One Iconify JSON emoji set."""
+    """One Iconify JSON emoji set, or (``font_files`` set) an emoji web font drawn glyph by glyph."""
 
     package: str
     version: str
@@ -54,6 +54,10 @@ class StyleSource:
     # tried after the plain slug: Streamline names its first drawing "cloud-1" and the faces CLDR calls plain
     # "wolf" or "lion" (both emojis are faces) "wolf-face"
     slug_suffixes: tuple[str, ...] = ()
+    # a Fontsource web-font package instead of an Iconify set: glob of its unicode-range subset files, and the credit
+    # (its package.json has no Iconify info.json); icons are named by code point and matched by it
+    font_files: str | None = None
+    credit: str = ""
 
 
 STYLES: dict[str, StyleSource] = {
@@ -88,6 +92,13 @@ STYLES: dict[str, StyleSource] = {
     ),
     # a tenth design by other hands (hand-drawn, ~200 of the words); no default style is of its family
     "streamline-emojis": StyleSource("@iconify-json/streamline-emojis", "1.2.4", slug_suffixes=("-1", "-face")),
+    # Google's monochrome Noto Emoji (2022): new drawings, not the colour Noto's shapes in black
+    "noto-emoji-mono": StyleSource(
+        "@fontsource/noto-emoji",
+        "5.3.2",
+        font_files="files/noto-emoji-*-400-normal.woff",
+        credit="Noto Emoji (monochrome font) by Google LLC (OFL-1.1), https://github.com/googlefonts/noto-emoji",
+    ),
 }
 DEFAULT_STYLES = ["twemoji", "noto", "fluent-emoji-flat", "fluent-emoji", "fxemoji", "emojione"]
 HOLDOUT_STYLE = "openmoji"
@@ -98,6 +109,7 @@ EXTRA_STYLES = {
     "emojione-monotone": {"emojione"},
     "fluent-emoji-high-contrast": {"fluent-emoji", "fluent-emoji-flat"},
     "streamline-emojis": set(),
+    "noto-emoji-mono": {"noto"},
 }
 
 GROUPS = {3: "animals-nature", 4: "food-drink", 5: "travel-places", 6: "activities", 7: "objects"}
@@ -196,9 +208,66 @@ class IconSet:
         )
         return svg, transform
 
+    def draw(self, name: str) -> Image.Image:
+        return rasterise(*self.svg(name))
+
+
+class FontSet:
+    """An emoji web font split into unicode-range subset files: icon name = code point (lower-case hex), drawn in
+    black on transparent, scaled to fit the icon box like the Iconify sets' artwork."""
+
+    def __init__(self, style: str, fonts: list[bytes]):
+        from fontTools.ttLib import TTFont
+
+        self.style, self.fonts = style, fonts
+        self.where: dict[str, int] = {}  # icon name -> index of the subset file that maps it
+        for index, data in enumerate(fonts):
+            for codepoint in TTFont(io.BytesIO(data)).getBestCmap():
+                self.where.setdefault(f"{codepoint:04x}", index)
+        self.chars = {name: name for name in self.where}  # hexcode -> icon name, as an Iconify chars.json
+
+    def has(self, name: str) -> bool:
+        return name in self.where
+
+    def draw(self, name: str) -> Image.Image:
+        from PIL import ImageDraw, ImageFont
+
+        font = ImageFont.truetype(io.BytesIO(self.fonts[self.where[name]]), 2 * ICON_SIZE)
+        canvas = Image.new("L", (3 * ICON_SIZE, 3 * ICON_SIZE), 0)
+        ImageDraw.Draw(canvas).text((1.5 * ICON_SIZE, 1.5 * ICON_SIZE), chr(int(name, 16)), font=font, fill=255,
+                                    anchor="mm")  # fmt: skip
+        box = canvas.getbbox()
+        if box is None:
+            raise ValueError(f"{self.style}: glyph {name} draws nothing")
+        ink = canvas.crop(box)
+        scale = 0.9 * ICON_SIZE / max(ink.size)  # the Iconify emoji fill ~90 % of their box
+        size = (max(1, round(ink.width * scale)), max(1, round(ink.height * scale)))
+        ink = ink.resize(size, Image.Resampling.LANCZOS)
+        alpha = Image.new("L", (ICON_SIZE, ICON_SIZE), 0)
+        alpha.paste(ink, ((ICON_SIZE - ink.width) // 2, (ICON_SIZE - ink.height) // 2))
+        image = Image.new("RGBA", (ICON_SIZE, ICON_SIZE), (0, 0, 0, 0))
+        image.putalpha(alpha)
+        return image
+
+
+def read_fonts(tarball: Path, pattern: str) -> list[bytes]:
+    """The package's font files matching ``pattern`` (a glob under package/), in name order."""
+    from fnmatch import fnmatch
+
+    with tarfile.open(tarball) as tar:
+        members = sorted((m for m in tar.getmembers() if fnmatch(m.name, f"package/{pattern}")), key=lambda m: m.name)
+        fonts = [tar.extractfile(m).read() for m in members]  # type: ignore[union-attr]
+    if not fonts:
+        raise FileNotFoundError(f"{tarball}: no package/{pattern}")
+    return fonts
+
 
 def match_name(
-    emoji: dict, icons: IconSet, source: StyleSource, chars: dict[str, str], slugs: frozenset[str] = frozenset()
+    emoji: dict,
+    icons: IconSet | FontSet,
+    source: StyleSource,
+    chars: dict[str, str],
+    slugs: frozenset[str] = frozenset(),
 ) -> tuple[str | None, str]:
     """The icon name of an emojibase entry in a set, and how it was found (chars, slug, alias, compact).
     ``slugs``: every candidate's slug; a suffixed name that is another emoji's own slug ("tiger-face") is not taken."""
@@ -305,18 +374,25 @@ def build(out: Path, cache: Path, max_words: int, force: bool) -> dict:
     start = time.monotonic()
     try:
         import cairosvg  # noqa: F401
-    except ImportError:
-        sys.exit("error: cairosvg is missing: pip install 'captchalab[build]'")
+        import fontTools  # noqa: F401
+    except ImportError as exc:
+        sys.exit(f"error: {exc.name} is missing: pip install 'captchalab[build]'")
     emojibase = npm_pack(*EMOJIBASE, cache)
     en = read_json(emojibase, "en/data.json")
     zh = {e["hexcode"]: e for e in read_json(emojibase, "zh/data.json")}
     subgroups = {s["order"]: s["key"] for s in read_json(emojibase, "en/messages.json")["subgroups"]}
     labels_licence = read_json(emojibase, "package.json").get("license", "")
 
-    sets: dict[str, IconSet] = {}
+    sets: dict[str, IconSet | FontSet] = {}
     styles_meta: dict[str, dict] = {}
     for style, source in STYLES.items():
         tarball = npm_pack(source.package, source.version, cache)
+        if source.font_files:
+            sets[style] = FontSet(style, read_fonts(tarball, source.font_files))
+            licence = read_json(tarball, "package.json").get("license", "")
+            styles_meta[style] = {"package": source.package, "version": source.version, "license": licence,
+                                  "credit": source.credit}  # fmt: skip
+            continue
         info = read_json(tarball, "info.json")
         sets[style] = IconSet(style, read_json(tarball, "icons.json"), info, read_json(tarball, "chars.json"))
         author = info.get("author", {})
@@ -348,7 +424,7 @@ def build(out: Path, cache: Path, max_words: int, force: bool) -> dict:
                 continue
             matched.setdefault(emoji["hexcode"], {})[style] = name
             how_counts[how] = how_counts.get(how, 0) + 1
-            if how == "chars" and name != slugify(emoji["label"]):
+            if how == "chars" and name != slugify(emoji["label"]) and not source.font_files:  # fonts: code points
                 disagree.append(f"{emoji['label']}->{name}")
         report[style] = how_counts
         log.info(
@@ -422,10 +498,9 @@ def build(out: Path, cache: Path, max_words: int, force: bool) -> dict:
         if path.is_file() and drawn_before.get((word["word"], style)) == word["icons"][style]:
             kept += 1
             continue
-        svg, transform = sets[style].svg(word["icons"][style])
         try:
-            image = rasterise(svg, transform)
-        except Exception as exc:  # a malformed SVG in one set must not stop the build
+            image = sets[style].draw(word["icons"][style])
+        except Exception as exc:  # a malformed SVG (or glyph) in one set must not stop the build
             log.warning("%s %s: cannot draw (%s)", style, word["en"], exc)
             word["styles"].remove(style)
             del word["icons"][style]

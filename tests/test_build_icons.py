@@ -56,3 +56,47 @@ def test_sets_without_suffixes_match_as_before(build) -> None:
 def test_every_training_only_style_has_a_family_rule(build) -> None:
     extras = [s for s in build.STYLES if s not in build.DEFAULT_STYLES and s != build.HOLDOUT_STYLE]
     assert set(extras) == set(build.EXTRA_STYLES)
+
+
+def tiny_font(codepoints: list[int]) -> bytes:
+    """A TrueType font whose every listed code point draws a filled square (fontTools' FontBuilder)."""
+    import io
+
+    from fontTools.fontBuilder import FontBuilder
+    from fontTools.pens.ttGlyphPen import TTGlyphPen
+
+    pen = TTGlyphPen(None)
+    pen.moveTo((100, 100))
+    pen.lineTo((100, 700))
+    pen.lineTo((700, 700))
+    pen.lineTo((700, 100))
+    pen.closePath()
+    square = pen.glyph()
+    names = [".notdef"] + [f"u{c:X}" for c in codepoints]
+    builder = FontBuilder(1000, isTTF=True)
+    builder.setupGlyphOrder(names)
+    builder.setupCharacterMap({c: f"u{c:X}" for c in codepoints})
+    builder.setupGlyf({name: square for name in names})
+    builder.setupHorizontalMetrics({name: (800, 100) for name in names})
+    builder.setupHorizontalHeader(ascent=800, descent=-200)
+    builder.setupNameTable({"familyName": "Tiny", "styleName": "Regular"})
+    builder.setupOS2()
+    builder.setupPost()
+    out = io.BytesIO()
+    builder.save(out)
+    return out.getvalue()
+
+
+def test_font_set_matches_by_code_point_and_draws_each_glyph_from_its_subset(build) -> None:
+    pytest.importorskip("fontTools")
+    fonts = build.FontSet("mono", [tiny_font([0x1F408]), tiny_font([0x2600, 0x1F408])])
+    source = build.StyleSource("x", "1", font_files="*.woff")
+    assert fonts.where == {"1f408": 0, "2600": 1}  # the first subset that maps a code point draws it
+    assert build.match_name(emoji("cat", "1F408"), fonts, source, fonts.chars) == ("1f408", "chars")
+    assert build.match_name(emoji("sun", "2600-FE0F"), fonts, source, fonts.chars) == ("2600", "chars")
+    assert build.match_name(emoji("dog", "1F415"), fonts, source, fonts.chars) == (None, "")
+    image = fonts.draw("2600")
+    assert image.size == (build.ICON_SIZE, build.ICON_SIZE) and image.mode == "RGBA"
+    left, top, right, bottom = image.getchannel("A").getbbox()
+    assert max(right - left, bottom - top) == round(0.9 * build.ICON_SIZE)  # scaled to fit, centred
+    assert abs((left + right) / 2 - build.ICON_SIZE / 2) <= 1 and abs((top + bottom) / 2 - build.ICON_SIZE / 2) <= 1
