@@ -59,7 +59,6 @@ def accuracy(model: str, grids: Path) -> dict:
     for rule in RULES:
         other = report if rule == report["rule"] else evaluate(model, grids, rule=rule)
         report["by_rule"][rule] = {k: other[k] for k in ("solve_rate", "cell_f1", "unsure_rate")}
-    report.pop("per_prompt_table", None)
     return report
 
 
@@ -125,6 +124,8 @@ def main() -> None:
           f"{held['rule_fitted_on_these_grids']:.4f}")  # fmt: skip
     for rule, row in held["by_rule"].items():
         print(f"  rule {rule:9s}: solve rate {row['solve_rate']:.4f}, cell F1 {row['cell_f1']:.4f}")
+    for design, row in sorted(held["per_design"].items(), key=lambda kv: kv[1]["solve_rate"]):
+        print(f"  matching cells drawn in {design:18s}: solve rate {row['solve_rate']:.4f} ({row['grids']} grids)")
     for row in result["latency_9_cells"]:
         print(f"latency, 9-cell grid, {row['threads']} thread(s): median {row['median_ms']:.2f} ms, "
               f"p95 {row['p95_ms']:.2f} ms")  # fmt: skip

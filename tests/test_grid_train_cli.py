@@ -94,7 +94,22 @@ def test_eval_on_generated_grids(tiny_grid_bundle: Path, tiny_grid_cells: Path, 
     assert report["grids"] == 12 and 0.0 <= report["solve_rate"] <= 1.0
     assert set(report["per_prompt"]) <= set(GRID_WORDS)
     assert sum(v["grids"] for v in report["per_prompt"].values()) == 12
+    assert report["per_design"] == {}  # cells from folders: the manifest names no art style
     assert "solve rate" in out.stdout_text
+
+    # grids drawn from an icon library record each cell's style: the report splits by the matching cells' style
+    rows = [json.loads(line) for line in (grids / "manifest.jsonl").read_text().splitlines()]
+    for i, row in enumerate(rows):
+        row["cell_styles"] = ["flat" if i % 3 else "line"] * len(row["cells"])
+    rows[0]["cell_styles"][rows[0]["positions"][0] - 1] = "other"  # one grid whose matching cells differ
+    (grids / "manifest.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    out = run_cli("grid", "eval", str(tiny_grid_bundle), str(grids), "--out", str(report_file))
+    report = json.loads(report_file.read_text())
+    by_design = {d: v["grids"] for d, v in report["per_design"].items()}
+    expected_mixed = int(len(rows[0]["positions"]) > 1)
+    assert by_design == {"flat": 8, "line": 4 - 1, **({"mixed": 1} if expected_mixed else {"other": 1})}
+    assert sum(v["solved"] for v in report["per_design"].values()) == round(report["solve_rate"] * 12)
+    assert "by style of the matching cells: " in out.stdout_text
 
 
 def test_calibrate_refits_the_rules_on_labelled_grids(tiny_grid_bundle: Path, tiny_grid_cells: Path, tmp_path: Path):

@@ -61,12 +61,23 @@ def read_grid_manifest(grids: str | Path) -> tuple[Path, list[dict]]:
     return manifest.parent, rows
 
 
+def matching_design(row: dict) -> str | None:
+    """The art style of a generated grid's matching cells (``cell_styles`` of its manifest row; 'mixed' when they
+    differ), None when the manifest does not record styles."""
+    styles = row.get("cell_styles")
+    if not styles or len(styles) < max(row["positions"], default=0):
+        return None
+    found = {styles[p - 1] for p in row["positions"]}
+    return found.pop() if len(found) == 1 else "mixed"
+
+
 def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = None, limit: int | None = None) -> dict:
     """Solve rate (every cell right), cell precision/recall/F1, per-prompt table and latency of a bundle."""
     root, rows = read_grid_manifest(grids)
     rows = rows[:limit] if limit else rows
     solver = load_solver(model)
     per_prompt: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    per_design: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # art style of the matching cells
     tp = fp = fn = solved = unsure = 0
     seconds, failures, errors = [], [], []
     for row in track(rows, len(rows), "solving grids"):
@@ -76,6 +87,8 @@ def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = Non
         except CaptchalabError as exc:  # one unreadable or unsplittable grid is a failure, not the end of the eval
             errors.append(str(exc))
             fn, per_prompt[row["prompt"]][1] = fn + len(row["positions"]), per_prompt[row["prompt"]][1] + 1
+            if design := matching_design(row):
+                per_design[design][1] += 1
             continue
         seconds.append(time.perf_counter() - started)
         truth, guess = set(row["positions"]), set(answer.positions)
@@ -84,6 +97,9 @@ def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = Non
         solved, unsure = solved + ok, unsure + answer.unsure
         per_prompt[row["prompt"]][0] += ok
         per_prompt[row["prompt"]][1] += 1
+        if design := matching_design(row):
+            per_design[design][0] += ok
+            per_design[design][1] += 1
         if not ok and len(failures) < 20:
             failures.append({"image": row["image"], "prompt": row["prompt"], "truth": sorted(truth),
                              "answer": answer.positions, "probabilities": answer.probabilities})  # fmt: skip
@@ -104,6 +120,8 @@ def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = Non
             "p95": 1000 * float(np.percentile(times, 95)),
         },
         "per_prompt": {p: {"solved": s, "grids": n, "solve_rate": s / n} for p, (s, n) in sorted(per_prompt.items())},
+        # only for generated grids (their manifest names each cell's style); empty for hand-labelled ones
+        "per_design": {d: {"solved": s, "grids": n, "solve_rate": s / n} for d, (s, n) in sorted(per_design.items())},
         "failures": failures,
         "errors": errors,
     }

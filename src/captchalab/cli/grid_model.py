@@ -181,7 +181,7 @@ def eval_cmd(
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the report as JSON here."),
     limit: int | None = typer.Option(None, help="Only the first N grids."),
 ) -> None:
-    """Solve rate, cell precision/recall/F1 and a per-prompt table."""
+    """Solve rate, cell precision/recall/F1, a per-prompt table and, for generated grids, one per art style."""
     from captchalab.grid import evaluate
 
     report = evaluate(model, grids, rule=rule, limit=limit)
@@ -194,3 +194,7 @@ def eval_cmd(
         f"rule {report['rule']}; median {report['latency_ms']['median']:.1f} ms/grid"
     )
     typer.echo("hardest prompts: " + ", ".join(f"{p} {v['solved']}/{v['grids']}" for p, v in worst))
+    if len(report["per_design"]) > 1:
+        designs = sorted(report["per_design"].items(), key=lambda kv: kv[1]["solve_rate"])
+        typer.echo("by style of the matching cells: " + ", ".join(f"{d} {v['solve_rate']:.3f} ({v['grids']})"
+                                                                   for d, v in designs))  # fmt: skip
