@@ -31,7 +31,7 @@ $cl grid export "$RUNS/grid-stage1" --out "$RUNS/grid-stage1-bundle" --aliases d
 stage v2 "$RUNS/grid-stage1-bundle" 3 3e-4 50 --per-word 120 --seed 11 --styles $NINE
 $cl grid export "$RUNS/grid-v2" --out "$RUNS/grid-v2-bundle" --aliases data/grid-icons/words.json \
     --licenses scripts/grid-default-licenses.json \
-    --data-statement "48,000 styled cells (120 per word) of 400 emoji words, drawn by captchalab grid cells from 9 open emoji sets (Twemoji, Noto, Noto v1, Fluent Emoji flat, 3D and high-contrast, Firefox OS Emoji, Emoji One and Emoji One monotone), each word's held-out style (and extra sets of its family) excluded; names from emojibase-data (CLDR zh/en). Fine-tuned from the previous default (40,000 cells of the first 6 sets)"
+    --data-statement "48,000 styled cells (120 per word) of 400 emoji words, drawn by captchalab grid cells from 9 open emoji sets (Twemoji, Noto, Noto v1, Fluent Emoji flat, colour and high-contrast, Firefox OS Emoji, Emoji One and Emoji One monotone), each word's held-out style (and extra sets of its family) excluded; names from emojibase-data (CLDR zh/en). Fine-tuned from the previous default (40,000 cells of the first 6 sets)"
 
 # stage 3: 150 cells per word over ten sets (Streamline Emojis added; it is of no default set's family)
 stage v3 "$RUNS/grid-v2-bundle" 3 2e-4 50 --per-word 150 --seed 41 --styles $TEN
@@ -41,7 +41,7 @@ $cl grid export "$RUNS/grid-v3" --out "$RUNS/grid-v3-bundle" --aliases data/grid
 stage v4 "$RUNS/grid-v3-bundle" 2 1.5e-4 50 --per-word 150 --seed 51 --styles $TEN
 $cl grid export "$RUNS/grid-v4" --out "$RUNS/final/grid-v4" --aliases data/grid-icons/words.json \
     --licenses scripts/grid-default-licenses.json \
-    --data-statement "60,000 styled cells (150 per word) of 400 emoji words, drawn by captchalab grid cells (seed 51) from 10 open emoji sets (Twemoji, Noto, Noto v1, Fluent Emoji flat, 3D and high-contrast, Firefox OS Emoji, Emoji One and Emoji One monotone, Streamline Emojis), each word's held-out style (and extra sets of its family) excluded; names from emojibase-data (CLDR zh/en). Fine-tuned from stage 3 (60,000 cells of the same ten sets, seed 41), itself fine-tuned from stage 2 (48,000 cells of the first nine sets) and stage 1 (40,000 cells of the six default sets, from ImageNet)"
+    --data-statement "60,000 styled cells (150 per word) of 400 emoji words, drawn by captchalab grid cells (seed 51) from 10 open emoji sets (Twemoji, Noto, Noto v1, Fluent Emoji flat, colour and high-contrast, Firefox OS Emoji, Emoji One and Emoji One monotone, Streamline Emojis), each word's held-out style (and extra sets of its family) excluded; names from emojibase-data (CLDR zh/en). Fine-tuned from stage 3 (60,000 cells of the same ten sets, seed 41), itself fine-tuned from stage 2 (48,000 cells of the first nine sets) and stage 1 (40,000 cells of the six default sets, from ImageNet)"
 
 # decision rule: re-fitted on grids of a style the model never saw (OpenMoji) and of words the benchmark's new-style
 # set does not use (--skip-words 60 vs its --words 60), so that it holds on pictures unlike the training data
