@@ -64,10 +64,10 @@ def read_grid_manifest(grids: str | Path) -> tuple[Path, list[dict]]:
 def matching_design(row: dict) -> str | None:
     """The art style of a generated grid's matching cells (``cell_styles`` of its manifest row; 'mixed' when they
     differ), None when the manifest does not record styles."""
-    styles = row.get("cell_styles")
-    if not styles or len(styles) < max(row["positions"], default=0):
+    styles, positions = row.get("cell_styles"), row["positions"]
+    if not styles or not positions or len(styles) < max(positions):
         return None
-    found = {styles[p - 1] for p in row["positions"]}
+    found = {styles[p - 1] for p in positions}
     return found.pop() if len(found) == 1 else "mixed"
 
 
@@ -86,23 +86,20 @@ def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = Non
             answer = solver.solve(row["prompt"], image=root / row["image"], layout=row.get("layout", "auto"), rule=rule)
         except CaptchalabError as exc:  # one unreadable or unsplittable grid is a failure, not the end of the eval
             errors.append(str(exc))
-            fn, per_prompt[row["prompt"]][1] = fn + len(row["positions"]), per_prompt[row["prompt"]][1] + 1
-            if design := matching_design(row):
-                per_design[design][1] += 1
-            continue
-        seconds.append(time.perf_counter() - started)
-        truth, guess = set(row["positions"]), set(answer.positions)
-        tp, fp, fn = tp + len(truth & guess), fp + len(guess - truth), fn + len(truth - guess)
-        ok = truth == guess
-        solved, unsure = solved + ok, unsure + answer.unsure
-        per_prompt[row["prompt"]][0] += ok
-        per_prompt[row["prompt"]][1] += 1
-        if design := matching_design(row):
-            per_design[design][0] += ok
-            per_design[design][1] += 1
-        if not ok and len(failures) < 20:
-            failures.append({"image": row["image"], "prompt": row["prompt"], "truth": sorted(truth),
-                             "answer": answer.positions, "probabilities": answer.probabilities})  # fmt: skip
+            fn, ok = fn + len(row["positions"]), False
+        else:
+            seconds.append(time.perf_counter() - started)
+            truth, guess = set(row["positions"]), set(answer.positions)
+            tp, fp, fn = tp + len(truth & guess), fp + len(guess - truth), fn + len(truth - guess)
+            ok = truth == guess
+            solved, unsure = solved + ok, unsure + answer.unsure
+            if not ok and len(failures) < 20:
+                failures.append({"image": row["image"], "prompt": row["prompt"], "truth": sorted(truth),
+                                 "answer": answer.positions, "probabilities": answer.probabilities})  # fmt: skip
+        for table, key in ((per_prompt, row["prompt"]), (per_design, matching_design(row))):
+            if key is not None:
+                table[key][0] += ok
+                table[key][1] += 1
     times = seconds or [0.0]
     precision = tp / max(tp + fp, 1)
     recall = tp / max(tp + fn, 1)

@@ -194,7 +194,7 @@ def eval_cmd(
         f"rule {report['rule']}; median {report['latency_ms']['median']:.1f} ms/grid"
     )
     typer.echo("hardest prompts: " + ", ".join(f"{p} {v['solved']}/{v['grids']}" for p, v in worst))
-    if len(report["per_design"]) > 1:
+    if report["per_design"]:
         designs = sorted(report["per_design"].items(), key=lambda kv: kv[1]["solve_rate"])
         typer.echo("by style of the matching cells: " + ", ".join(f"{d} {v['solve_rate']:.3f} ({v['grids']})"
                                                                    for d, v in designs))  # fmt: skip
