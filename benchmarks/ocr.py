@@ -145,6 +145,8 @@ def main() -> None:
     # speed is measured on this reader too.
     ours = OcrReader(args.model, threads=1, case_sensitive=False)
     anything = OcrReader(args.model, threads=1, case_sensitive=False, charset="any")
+    # a bundle with a refiner of look-alike characters is also read without it, to show what the refiner adds
+    unrefined = OcrReader(args.model, threads=1, case_sensitive=False, refine=False) if ours.refiner else None
     peer = None if args.no_ddddocr else ddddocr_reader(threads=1)
     results: dict = {
         "model": args.model,
@@ -169,6 +171,8 @@ def main() -> None:
         row["captchalab"] = score([r.text for r in ours.read_batch(images, args.batch_size, workers=2)])
         row["captchalab_any"] = score([r.text for r in anything.read_batch(images, args.batch_size, workers=2)])
         row["captchalab_alphabet_given"] = score([r.text for r in given.read_batch(images, args.batch_size, workers=2)])
+        if unrefined:
+            row["captchalab_no_refiner"] = score([r.text for r in unrefined.read_batch(images, args.batch_size, 2)])
         if peer:
             row["ddddocr"] = score([peer(i) for i in images])
             peer_given = ddddocr_reader(threads=1, alphabet=alphabet)
@@ -176,12 +180,15 @@ def main() -> None:
         results["accuracy"][name] = row
         print(
             f"{name:38s} captchalab {row['captchalab']:.4f} (any {row['captchalab_any']:.4f}, "
-            f"alphabet given {row['captchalab_alphabet_given']:.4f})"
+            f"alphabet given {row['captchalab_alphabet_given']:.4f}"
+            + (f", no refiner {row['captchalab_no_refiner']:.4f})" if unrefined else ")")
             + (f"   ddddocr {row['ddddocr']:.4f} (given {row['ddddocr_alphabet_given']:.4f})" if peer else ""),
             flush=True,
         )
 
     results["latency_one_thread"]["captchalab"] = latency_ms(ours.read, first_set, args.latency_images)
+    if unrefined:
+        results["latency_one_thread"]["no refiner"] = latency_ms(unrefined.read, first_set, args.latency_images)
     if peer:
         results["latency_one_thread"]["ddddocr"] = latency_ms(peer, first_set, args.latency_images)
         results["latency_ratio_ddddocr_over_captchalab"] = (

@@ -1,4 +1,4 @@
-"""``captchalab ocr …``: generate, train, export, eval, predict."""
+"""``captchalab ocr …``: generate, train, export, refine, eval, predict."""
 
 from __future__ import annotations
 
@@ -34,15 +34,21 @@ def generate(
     seed: int = typer.Option(0, help="Same seed, same images."),
     workers: int = typer.Option(1, help="Processes to render with."),
     start: int = typer.Option(0, help="Index of the first image (to extend a set)."),
+    favour: str | None = typer.Option(
+        None,
+        help="CHARS:RATE, e.g. 0Oo:0.3: each character is one of CHARS (those in the charset) with probability "
+        "RATE, else any; makes training data for look-alike characters (ocr refine).",
+    ),
 ) -> None:
     """Write seeded, reproducible captchas with the label in the file name."""
     from captchalab.data.charset import parse_charset_spec
-    from captchalab.data.generate import GenerateConfig, parse_length, parse_size
+    from captchalab.data.generate import GenerateConfig, parse_favour, parse_length, parse_size
     from captchalab.data.generate import generate as run
 
     low, high = parse_length(length)
     width, height = parse_size(size)
-    config = GenerateConfig(parse_charset_spec(charset), low, high, width, height, style, seed)
+    favoured, rate = parse_favour(favour) if favour else ("", 0.0)
+    config = GenerateConfig(parse_charset_spec(charset), low, high, width, height, style, seed, favoured, rate)
     run(out, count, config, workers=workers, start=start)
     typer.echo(f"wrote {count} captchas to {out}")
 
@@ -154,6 +160,43 @@ def export_cmd(
     typer.echo(
         f"exported {out} ({manifest['precision']}): test exact {test['exact_accuracy']:.4f}, "
         f"parity on {manifest['metrics']['parity']['images']} images"
+    )
+
+
+@app.command()
+def refine(
+    model: str = typer.Argument(..., help="'default' or an OCR bundle folder (CTC model)."),
+    data: Path = typer.Argument(..., help="Labelled images (folder, .tsv or .jsonl) with the look-alike characters."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write: MODEL's files plus the refiner."),
+    chars: str = typer.Option("0Oo", help="The look-alike characters to look at again."),
+    epochs: int = typer.Option(4, min=1),
+    batch_size: int = typer.Option(256, min=8),
+    lr: float = typer.Option(2e-3),
+    seed: int = typer.Option(0, help="Seed of the held-out split, the initialisation and the batch order."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+) -> None:
+    """Teach a bundle a second look at look-alike characters (such as O and 0) on full-resolution crops."""
+    _need_torch("ocr refine")
+    from captchalab.export.ocr_refine import export_refined_bundle
+    from captchalab.runtime.ocr_refine import RefineSpec
+    from captchalab.training.ocr_refine import RefineOptions, collect_crops, split_crops, train_refiner
+
+    group = "".join(dict.fromkeys(chars))
+    if len(group) < 2:
+        raise CaptchalabError(f"--chars {chars!r}: give at least two characters that look alike")
+    opts = RefineOptions(chars=group, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
+    spec = RefineSpec(group, opts.height, opts.width)
+    crops = collect_crops(model, data, spec)
+    net, spec, report = train_refiner(crops, spec, opts)
+    _, valid = split_crops(crops, opts.valid_fraction, opts.seed)
+    training = {"data": str(data), "command": shlex.join(["captchalab", *sys.argv[1:]]), "options": vars(opts),
+                **report}  # fmt: skip
+    export_refined_bundle(model, out, net, spec, crops.images[valid], training)
+    accuracy = report["valid_accuracy"]
+    typer.echo(
+        f"wrote {out}: {report['crops']['train']} crops learnt; on {report['crops']['valid']} held-out crops the "
+        f"CTC model alone is right {accuracy['ctc_model']:.4f}, with the refiner {accuracy['combined']:.4f} "
+        f"(main weight {spec.main_weight})"
     )
 
 

@@ -37,6 +37,8 @@ class GenerateConfig:
     height: int = 60
     style: str = "captcha"
     seed: int = 0
+    favour: str = ""  # characters drawn more often: each position is one of them with probability favour_rate
+    favour_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -45,6 +47,10 @@ class GenerateConfig:
             raise CaptchalabError(f"bad length range {self.min_length}-{self.max_length}")
         if self.width < 16 or self.height < 16:
             raise CaptchalabError(f"image size {self.width}x{self.height} is too small (16x16 at least)")
+        if not 0.0 <= self.favour_rate <= 1.0:
+            raise CaptchalabError(f"--favour rate must be between 0 and 1, got {self.favour_rate}")
+        if self.favour_rate and not set(self.favour) & set(self.charset):
+            raise CaptchalabError(f"--favour {self.favour!r}: none of these characters is in the charset")
 
 
 def parse_length(text: str) -> tuple[int, int]:
@@ -54,6 +60,18 @@ def parse_length(text: str) -> tuple[int, int]:
         return int(low), int(high or low)
     except ValueError:
         raise CaptchalabError(f"bad --length {text!r}: use a number such as 4 or a range such as 4-6") from None
+
+
+def parse_favour(text: str) -> tuple[str, float]:
+    """``'0Oo:0.3'`` -> ('0Oo', 0.3)."""
+    chars, sep, rate = text.rpartition(":")
+    try:
+        value = float(rate)
+    except ValueError:
+        value = -1.0
+    if not sep or not chars or not 0.0 < value <= 1.0:
+        raise CaptchalabError(f"--favour {text!r}: expected CHARS:RATE with 0 < RATE <= 1, e.g. 0Oo:0.3")
+    return chars, value
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -203,7 +221,14 @@ class CaptchaGenerator:
         cfg = self.config
         rng = sample_rng(cfg.seed, index)
         length = rng.randint(cfg.min_length, cfg.max_length)
-        text = "".join(rng.choice(cfg.charset) for _ in range(length))
+        if cfg.favour_rate:  # (sets without favoured characters draw exactly as before: same seed, same images)
+            favoured = "".join(c for c in cfg.charset if c in set(cfg.favour))
+            text = "".join(
+                rng.choice(favoured) if rng.random() < cfg.favour_rate else rng.choice(cfg.charset)
+                for _ in range(length)
+            )
+        else:
+            text = "".join(rng.choice(cfg.charset) for _ in range(length))
         style = cfg.style if cfg.style != "mixed" else rng.choice(("captcha", "builtin"))
         return text, self._renderer(style).render(text, rng)
 

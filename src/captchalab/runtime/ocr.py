@@ -20,6 +20,7 @@ from captchalab.runtime.decode import (
     fold_case_charset,
     restrict_charset,
 )
+from captchalab.runtime.ocr_refine import RefineHook, Refiner, RefineSpec
 
 AUTO = "auto"  # ``charset`` value: infer each captcha's alphabet among those the model was trained on
 ANY = "any"  # ``charset`` value: any character the model knows
@@ -42,11 +43,13 @@ class OcrReader:
         providers: list[str] | None = None,
         case_sensitive: bool = True,
         charset: str | None = AUTO,
+        refine: bool = True,
     ):
         """``case_sensitive=False`` merges the two cases of each letter before decoding (output in lower case);
         ``charset`` (e.g. ``'lower+digits'``) limits what can be read to that alphabet; ``'auto'`` (the default)
         infers it per image among the alphabets the model was trained on (manifest ``alphabets``), ``'any'`` or
-        None lets the model answer any character it knows."""
+        None lets the model answer any character it knows. ``refine=False`` skips the bundle's refiner of
+        look-alike characters (manifest ``refiner``), if it has one."""
         self.bundle = load_bundle(model, "ocr")
         manifest = self.bundle.manifest
         self.preprocess = Preprocess.from_dict(manifest["preprocess"])
@@ -60,19 +63,35 @@ class OcrReader:
         self.threads = threads
         self._session = onnx_session(self.bundle.file("model"), threads, providers)
         self._input = self._session.get_inputs()[0].name
+        self.refiner: Refiner | None = None
+        if refine and "refiner" in manifest:
+            spec = RefineSpec.from_dict(manifest["refiner"])
+            self.refiner = Refiner(self.bundle.file("refiner"), spec, threads, providers)
 
     def inputs(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Images -> the (B, C, H, W) float32 batch the model takes."""
-        return self.preprocess.normalize(np.stack([self.preprocess.to_uint8(load_image(i)) for i in images]))
+        return self.prepare(images)[0]
 
-    def run(self, batch: np.ndarray) -> list[Reading]:
-        """A preprocessed (B, C, H, W) batch -> readings."""
+    def prepare(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """Images -> (model batch, the refiner's source images or None when there is no refiner)."""
+        loaded = [load_image(i) for i in images]
+        batch = self.preprocess.normalize(np.stack([self.preprocess.to_uint8(i) for i in loaded]))
+        return batch, [self.refiner.spec.source(i) for i in loaded] if self.refiner else None
+
+    def run(
+        self, batch: np.ndarray, sources: Sequence[np.ndarray] | None = None, hook: RefineHook | None = None
+    ) -> list[Reading]:
+        """A preprocessed (B, C, H, W) batch -> readings; with the ``sources`` that ``prepare`` returned, the
+        refiner (if any) looks again at look-alike characters. ``hook`` replaces the refiner (training uses it to
+        collect crops)."""
         (log_probs,) = self._session.run(None, {self._input: batch})
-        return self.output.readings(log_probs, self.decoder)
+        if hook is None and self.refiner is not None and sources is not None:
+            hook = self.refiner.hook(sources)
+        return self.output.readings(log_probs, self.decoder, hook)
 
     def read(self, image: ImageInput) -> Reading:
         """One image (path, bytes, PIL image or uint8 array) -> Reading(text, confidence)."""
-        return self.run(self.inputs([image]))[0]
+        return self.run(*self.prepare([image]))[0]
 
     def read_batch(self, images: Sequence[ImageInput], batch_size: int = 256, workers: int = 1) -> list[Reading]:
         """Many images, in batches, results in input order.
@@ -83,18 +102,18 @@ class OcrReader:
         """
         chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
         if len(chunks) <= 1:
-            return self.run(self.inputs(chunks[0])) if chunks else []
+            return self.run(*self.prepare(chunks[0])) if chunks else []
         if workers > 1:
             with ThreadPoolExecutor(workers) as pool:
-                return [r for batch in pool.map(lambda c: self.run(self.inputs(c)), chunks) for r in batch]
+                return [r for batch in pool.map(lambda c: self.run(*self.prepare(c)), chunks) for r in batch]
         readings: list[Reading] = []
         with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(self.inputs, chunks[0])
+            pending = pool.submit(self.prepare, chunks[0])
             for following in [*chunks[1:], None]:
-                batch = pending.result()
+                prepared = pending.result()
                 if following is not None:
-                    pending = pool.submit(self.inputs, following)
-                readings += self.run(batch)
+                    pending = pool.submit(self.prepare, following)
+                readings += self.run(*prepared)
         return readings
 
 
@@ -143,29 +162,42 @@ class OutputSpace:
         base = self.allowed if self.allowed is not None else self.model_chars
         return fold_case_charset(base) if self.fold else base
 
-    def readings(self, log_probs: np.ndarray, decoder: str) -> list[Reading]:
+    def readings(self, log_probs: np.ndarray, decoder: str, hook: RefineHook | None = None) -> list[Reading]:
         if not self.alphabets:
-            return decode_readings(log_probs, self.model_chars, decoder, self.fold, self.allowed)
+            rows = np.arange(len(log_probs))
+            return decode_readings(log_probs, self.model_chars, decoder, self.fold, self.allowed, hook, rows)
         chosen = choose_alphabets(log_probs, self.model_chars, self.alphabets, self.priors)  # (B,)
         readings: list[Reading | None] = [None] * len(log_probs)
         for a, alphabet in enumerate(self.alphabets):
             rows = np.flatnonzero(chosen == a)
             if len(rows):
-                decoded = decode_readings(log_probs[rows], self.model_chars, decoder, self.fold, alphabet)
+                decoded = decode_readings(log_probs[rows], self.model_chars, decoder, self.fold, alphabet, hook, rows)
                 for row, reading in zip(rows, decoded):
                     readings[row] = reading
         return readings  # type: ignore[return-value]
 
 
 def decode_readings(
-    log_probs: np.ndarray, chars: str, decoder: str, fold: bool, allowed: str | None = None
+    log_probs: np.ndarray,
+    chars: str,
+    decoder: str,
+    fold: bool,
+    allowed: str | None = None,
+    hook: RefineHook | None = None,
+    rows: np.ndarray | None = None,
 ) -> list[Reading]:
-    """Model output (B, T, K+1) -> readings, optionally restricted to the ``allowed`` characters, then case-folded."""
+    """Model output (B, T, K+1) -> readings, optionally restricted to the ``allowed`` characters, then case-folded,
+    then passed through the refiner ``hook`` (``rows``: these images' indices in the batch the hook knows).
+    Confidence stays the greedy path's."""
     if allowed is not None and allowed != chars:
         log_probs, chars = restrict_charset(log_probs, chars, allowed)
     if fold:
         log_probs, chars = fold_case(log_probs, chars)
-    return [Reading(text, conf) for text, conf in decode(log_probs, chars, decoder)]
+    decoded = decode(log_probs, chars, decoder)
+    if hook is None or decoder != "ctc-greedy":
+        return [Reading(text, conf) for text, conf in decoded]
+    texts = hook([t for t, _ in decoded], log_probs, chars, np.arange(len(decoded)) if rows is None else rows)
+    return [Reading(text, conf) for text, (_, conf) in zip(texts, decoded)]
 
 
 _default_readers: dict[str, OcrReader] = {}

@@ -1,0 +1,73 @@
+"""Write an OCR bundle with a refiner of look-alike characters: the source bundle's files, ``refiner.onnx`` and the
+manifest's ``refiner`` entry. The held-out crops go through torch and ONNX; any disagreement aborts."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from captchalab.errors import CaptchalabError
+from captchalab.export.common import install_bundle
+from captchalab.runtime.bundle import MANIFEST, load_bundle, onnx_session, sha256_file
+from captchalab.runtime.ocr_refine import RefineSpec
+
+log = logging.getLogger(__name__)
+REFINER_FILE = "refiner.onnx"
+
+
+def export_refined_bundle(
+    source: str | Path,
+    out: str | Path,
+    net: torch.nn.Module,
+    spec: RefineSpec,
+    parity_crops: np.ndarray,
+    training: dict,
+) -> dict:
+    """Copy bundle ``source`` ('default' or a folder) to ``out`` with ``net`` as its refiner; returns the manifest.
+    ``parity_crops``: (N, H, W) uint8 crops on which torch and ONNX must pick the same class."""
+    bundle = load_bundle(source, "ocr")
+    if bundle.manifest.get("decoder") != "ctc-greedy":
+        decoder = bundle.manifest.get("decoder")
+        raise CaptchalabError(f"{bundle.path}: a refiner needs a CTC model (this bundle's decoder is {decoder!r})")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".refine-", dir=out.parent))
+    try:
+        for file in bundle.path.iterdir():
+            if file.is_file() and file.name not in (MANIFEST, REFINER_FILE):
+                shutil.copy2(file, work / file.name)
+        target = work / REFINER_FILE
+        x = torch.from_numpy(spec.normalize(parity_crops))
+        net = net.cpu().eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, x[:2], str(target), input_names=["crop"], output_names=["logits"],
+                              dynamic_axes={"crop": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
+                              dynamo=False)  # fmt: skip
+        with torch.no_grad():
+            expected = np.concatenate([net(x[i : i + 1024]).numpy() for i in range(0, len(x), 1024)])
+        session = onnx_session(target, providers=["CPUExecutionProvider"])
+        got = np.concatenate([session.run(None, {"crop": x[i : i + 1024].numpy()})[0] for i in range(0, len(x), 1024)])
+        mismatches = int((expected.argmax(-1) != got.argmax(-1)).sum())
+        max_diff = float(np.abs(expected - got).max())
+        if mismatches:
+            raise CaptchalabError(f"refiner export parity failed: ONNX and torch disagree on {mismatches} of "
+                                  f"{len(x)} crops; max logit diff {max_diff:.2e}")  # fmt: skip
+        manifest = dict(bundle.manifest)
+        manifest["name"] = out.name
+        manifest["files"] = {**manifest["files"], "refiner": REFINER_FILE}
+        manifest["sha256"] = {**manifest.get("sha256", {}), REFINER_FILE: sha256_file(target)}
+        parity = {"crops": len(x), "mismatches": 0, "max_abs_logit_diff": max_diff}
+        manifest["refiner"] = {**spec.to_dict(), "training": training, "parity": parity}
+        install_bundle(work, out, manifest)
+    finally:
+        if work.exists():
+            shutil.rmtree(work)
+    log.info("wrote %s with a refiner of %r (main weight %.2f)", out, spec.chars, spec.main_weight)
+    return manifest

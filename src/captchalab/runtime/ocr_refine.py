@@ -1,0 +1,142 @@
+"""A second look at look-alike characters (such as 'O' and '0'): a small classifier reads a full-resolution crop
+around each such character the CTC model emitted, and its scores are added to the CTC model's own.
+
+The CTC model sees the captcha shrunk to its input size (112x32 for the default), where the few pixels that tell an
+unslashed zero from a capital O are gone; the crop keeps them. Only characters of the refiner's group are looked at
+again, so images without them cost nothing extra. onnxruntime and numpy only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# (texts, log-probs (B, T, K+1) over chars, chars, rows of the batch) -> texts; see Refiner.refine
+RefineHook = Callable[[list[str], np.ndarray, str, np.ndarray], list[str]]
+
+
+@dataclass(frozen=True)
+class RefineSpec:
+    """Manifest ``refiner`` entry: which characters are refined and how crops are cut."""
+
+    chars: str  # the classifier's classes, in output order (e.g. "0Oo")
+    height: int = 60  # source images are scaled to this height (aspect kept) ...
+    width: int = 48  # ... and a crop this wide is cut around each character
+    mean: float = 0.5
+    std: float = 0.5
+    main_weight: float = 0.5  # weight of the CTC model's log-probability next to the classifier's
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RefineSpec:
+        return cls(**{k: data[k] for k in ("chars", "height", "width", "mean", "std", "main_weight") if k in data})
+
+    def source(self, image: Image.Image) -> np.ndarray:
+        """RGB PIL image -> (height, W') uint8 grey, aspect kept: what crops are cut from."""
+        grey = image.convert("L")
+        width = max(1, round(grey.width * self.height / grey.height))
+        if grey.size != (width, self.height):
+            grey = grey.resize((width, self.height), Image.Resampling.BILINEAR)
+        return np.asarray(grey, dtype=np.uint8)
+
+    def crop(self, source: np.ndarray, centre: float) -> np.ndarray:
+        """(height, width) uint8 window centred at ``centre`` (0..1 of the image width), edges repeated outside."""
+        padded = np.pad(source, ((0, 0), (self.width, self.width)), mode="edge")
+        left = int(round(centre * source.shape[1])) + self.width - self.width // 2
+        return padded[:, left : left + self.width]
+
+    def normalize(self, crops: np.ndarray) -> np.ndarray:
+        """(N, height, width) uint8 -> (N, 1, height, width) float32 classifier input."""
+        return ((crops.astype(np.float32) / np.float32(255.0) - np.float32(self.mean)) / np.float32(self.std))[:, None]
+
+
+def char_runs(path: np.ndarray) -> list[tuple[int, int, int]]:
+    """Greedy CTC path (T,) of class ids, 0 = blank -> [(class, first step, last step + 1)], one per character."""
+    runs: list[tuple[int, int, int]] = []
+    for t, c in enumerate(path.tolist()):
+        if c and runs and runs[-1][0] == c and runs[-1][2] == t:
+            runs[-1] = (c, runs[-1][1], t + 1)
+        elif c:
+            runs.append((c, t, t + 1))
+    return runs
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One emitted character of the refiner's group: where it is and what else it could be."""
+
+    row: int  # index into the batch the hook was given
+    position: int  # index into the text
+    start: int  # its CTC steps [start, end)
+    end: int
+    options: str  # the output characters it may become (at least two)
+
+
+def candidates(texts: Sequence[str], log_probs: np.ndarray, chars: str, group: str) -> list[Candidate]:
+    """Characters of ``group`` (mapped into ``chars``; case-folded outputs map 'O' to 'o') in the greedy readings.
+    Empty when fewer than two of the group can be output here (e.g. 'O' in an a-z0-9 captcha)."""
+    options = "".join(dict.fromkeys(out for out in map(_output_char(chars), group) if out))
+    if len(options) < 2:
+        return []
+    found = []
+    for b, (text, path) in enumerate(zip(texts, log_probs.argmax(-1))):
+        runs = char_runs(path)
+        if len(runs) != len(text):  # not a CTC path (fixed-length decoder): nothing to align
+            continue
+        found += [Candidate(b, k, s, e, options) for k, (c, s, e) in enumerate(runs) if chars[c - 1] in options]
+    return found
+
+
+def _output_char(chars: str) -> Callable[[str], str | None]:
+    """Refiner class -> the output character it counts for (its own, else its lower case when outputs are folded)."""
+    return lambda g: g if g in chars else (g.lower() if g.lower() in chars else None)
+
+
+class Refiner:
+    """Loaded refiner of a bundle; thread-safe like the reader that owns it."""
+
+    def __init__(self, model_file: Path, spec: RefineSpec, threads: int | None, providers: list[str] | None):
+        from captchalab.runtime.bundle import onnx_session
+
+        self.spec = spec
+        self._session = onnx_session(model_file, threads, providers)
+        self._input = self._session.get_inputs()[0].name
+
+    def log_probs(self, crops: np.ndarray) -> np.ndarray:
+        """(N, height, width) uint8 crops -> (N, len(chars)) log-probabilities."""
+        (logits,) = self._session.run(None, {self._input: self.spec.normalize(crops)})
+        top = logits.max(-1, keepdims=True)
+        return logits - (top + np.log(np.exp(logits - top).sum(-1, keepdims=True)))
+
+    def hook(self, sources: Sequence[np.ndarray]) -> RefineHook:
+        """The decoding hook for one batch whose source images (``spec.source``) are ``sources``."""
+        return lambda texts, log_probs, chars, rows: self.refine(texts, log_probs, chars, [sources[r] for r in rows])
+
+    def refine(self, texts: list[str], log_probs: np.ndarray, chars: str, sources: Sequence[np.ndarray]) -> list[str]:
+        """Greedy readings of (B, T, K+1) ``log_probs`` over ``chars`` -> readings with the group's characters
+        decided again: classifier log-probability (summed over classes that output the same character) plus
+        ``main_weight`` times the CTC model's best log-probability for that character over the character's steps."""
+        found = candidates(texts, log_probs, chars, self.spec.chars)
+        if not found:
+            return texts
+        steps = log_probs.shape[1]
+        crops = np.stack([self.spec.crop(sources[c.row], (c.start + c.end) / 2 / steps) for c in found])
+        scores = self.log_probs(crops)  # (N, G)
+        to_output = _output_char(chars)
+        edited = [list(t) for t in texts]
+        for c, row in zip(found, scores):
+            best, best_score = None, -np.inf
+            for option in c.options:
+                mine = [row[i] for i, g in enumerate(self.spec.chars) if to_output(g) == option]
+                main = log_probs[c.row, c.start : c.end, chars.index(option) + 1].max()
+                score = np.logaddexp.reduce(mine) + self.spec.main_weight * main
+                if score > best_score:
+                    best, best_score = option, score
+            edited[c.row][c.position] = best
+        return ["".join(t) for t in edited]

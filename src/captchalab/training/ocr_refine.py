@@ -1,0 +1,202 @@
+"""Train a refiner of look-alike characters for an OCR bundle (``captchalab ocr refine``).
+
+Crops are collected the way the runtime cuts them: the bundle reads every labelled image, and each character of the
+group (e.g. '0Oo') that it emitted where the label has a character of the group too becomes a crop labelled with the
+true character. A small CNN (models/ocr_refiner.py) learns them; the weight of the CTC model's own score next to the
+CNN's is then chosen on held-out crops, and export/ocr_refine.py writes the refined bundle.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from captchalab.data.labels import read_labelled_images
+from captchalab.errors import CaptchalabError
+from captchalab.imaging import load_image
+from captchalab.models.ocr_refiner import RefinerNet
+from captchalab.progress import track
+from captchalab.runtime.ocr import OcrReader
+from captchalab.runtime.ocr_refine import RefineSpec, candidates
+from captchalab.training.distributed import resolve_device
+
+log = logging.getLogger(__name__)
+MAIN_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)  # candidates for RefineSpec.main_weight, picked on held-out crops
+
+
+@dataclass
+class RefineOptions:
+    chars: str = "0Oo"
+    epochs: int = 4
+    batch_size: int = 256
+    lr: float = 2e-3
+    seed: int = 0
+    valid_fraction: float = 0.1
+    device: str = "auto"
+    height: int = 60
+    width: int = 48
+
+
+@dataclass
+class Crops:
+    """Collected training material. ``main``: the CTC model's best log-probability of each class over the
+    character's steps (-inf for classes it could not output there), to weigh it against the CNN."""
+
+    images: np.ndarray  # (N, H, W) uint8
+    labels: np.ndarray  # (N,) index into spec.chars
+    main: np.ndarray  # (N, G) float32
+    skipped: list[str] = field(default_factory=list)
+
+
+def collect_crops(model: str | os.PathLike, data: str | os.PathLike, spec: RefineSpec, batch: int = 256) -> Crops:
+    """Run ``model`` (a bundle or 'default', its refiner off) on the labelled images of ``data`` and cut a crop
+    around every emitted character of ``spec.chars`` whose true character is of the group too (readings of the
+    right length only, so that characters line up)."""
+    reader = OcrReader(model, refine=False)
+    group = spec.chars
+    unknown = sorted(set(group) - set(reader.model_charset))
+    if unknown:
+        raise CaptchalabError(f"--chars: the model cannot output {''.join(unknown)!r}")
+    items = read_labelled_images(data, reader.case_sensitive)
+    collector = _Collector(spec)
+    skipped: list[str] = []
+    for start in track(range(0, len(items), batch), math.ceil(len(items) / batch), "collecting crops"):
+        loaded, collector.truths = [], []
+        for item in items[start : start + batch]:
+            try:
+                loaded.append(load_image(item.path))
+                collector.truths.append(item.label)
+            except CaptchalabError as exc:
+                skipped.append(str(exc))
+        if loaded:
+            collector.sources = [spec.source(i) for i in loaded]
+            reader.run(reader.inputs(loaded), hook=collector)
+    if skipped:
+        log.warning("skipped %d unreadable images: %s", len(skipped), "; ".join(skipped[:20]))
+    if len(set(collector.labels)) < 2:
+        raise CaptchalabError(
+            f"{data}: too few look-alike characters to learn from ({len(collector.labels)} crops of {group!r}, "
+            f"{len(set(collector.labels))} kinds); label more images that contain them (ocr generate --favour helps)"
+        )
+    labels = np.asarray(collector.labels, dtype=np.int64)
+    return Crops(np.stack(collector.images), labels, np.stack(collector.main), skipped)
+
+
+class _Collector:
+    """Decoding hook that keeps a crop of each group character read where the label has one of the group too."""
+
+    def __init__(self, spec: RefineSpec):
+        self.spec = spec
+        self.truths: list[str] = []  # labels and source images of the batch being read
+        self.sources: list[np.ndarray] = []
+        self.images: list[np.ndarray] = []
+        self.labels: list[int] = []
+        self.main: list[np.ndarray] = []
+
+    def __call__(self, texts: list[str], log_probs: np.ndarray, chars: str, rows: np.ndarray) -> list[str]:
+        group, steps = self.spec.chars, log_probs.shape[1]
+        for c in candidates(texts, log_probs, chars, group):
+            truth = self.truths[rows[c.row]]
+            if len(truth) != len(texts[c.row]) or truth[c.position] not in c.options:
+                continue
+            self.images.append(self.spec.crop(self.sources[rows[c.row]], (c.start + c.end) / 2 / steps))
+            self.labels.append(group.index(truth[c.position]))
+            scores = [log_probs[c.row, c.start : c.end, chars.index(g) + 1].max() if g in c.options else -np.inf
+                      for g in group]  # fmt: skip
+            self.main.append(np.asarray(scores, dtype=np.float32))
+        return texts
+
+
+def split_crops(crops: Crops, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train / validation indices."""
+    order = np.random.default_rng(seed).permutation(len(crops.labels))
+    n_valid = max(1, int(round(len(order) * fraction)))
+    if n_valid >= len(order):
+        raise CaptchalabError(f"only {len(order)} crops: too few to hold some out for validation")
+    return order[n_valid:], order[:n_valid]
+
+
+def combined_accuracy(cnn: np.ndarray, main: np.ndarray, labels: np.ndarray, weight: float) -> float:
+    """Accuracy of the runtime's rule (CNN log-prob + weight x CTC log-prob, over the classes allowed there)."""
+    score = np.where(np.isfinite(main), cnn + weight * np.where(np.isfinite(main), main, 0.0), -np.inf)
+    return float((score.argmax(-1) == labels).mean())
+
+
+def train_refiner(crops: Crops, spec: RefineSpec, opts: RefineOptions) -> tuple[RefinerNet, RefineSpec, dict]:
+    """Fit the CNN, choose ``main_weight`` on the held-out crops; returns (model on CPU, eval mode), the spec with
+    that weight, and a report."""
+    torch.manual_seed(opts.seed)
+    rng = np.random.default_rng(opts.seed)
+    device = resolve_device(opts.device)
+    train_idx, valid_idx = split_crops(crops, opts.valid_fraction, opts.seed)
+    x_all = torch.from_numpy(spec.normalize(crops.images))  # (N, 1, H, W)
+    y_all = torch.from_numpy(crops.labels)
+    net = RefinerNet(len(spec.chars)).to(device)
+    steps_per_epoch = max(1, len(train_idx) // opts.batch_size)
+    optimizer = torch.optim.AdamW(net.parameters(), opts.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, opts.lr, total_steps=opts.epochs * steps_per_epoch,
+                                                   pct_start=0.1)  # fmt: skip
+    history = []
+    started = time.time()
+    for epoch in range(opts.epochs):
+        net.train()
+        order = rng.permutation(train_idx)
+        total = 0.0
+        for s in track(range(steps_per_epoch), steps_per_epoch, f"refiner epoch {epoch + 1}/{opts.epochs}"):
+            idx = torch.from_numpy(order[s * opts.batch_size : (s + 1) * opts.batch_size])
+            x = _jitter(x_all[idx], rng).to(device)
+            loss = F.cross_entropy(net(x), y_all[idx].to(device), label_smoothing=0.05)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item()
+        cnn = predict_log_probs(net, x_all[valid_idx], device)
+        accuracy = combined_accuracy(cnn, crops.main[valid_idx], crops.labels[valid_idx], 0.0)
+        history.append({"epoch": epoch, "train_loss": round(total / steps_per_epoch, 4), "valid_accuracy": accuracy,
+                        "seconds": round(time.time() - started, 1)})  # fmt: skip
+        log.info("refiner epoch %d: loss %.4f, held-out crop accuracy %.4f", epoch, total / steps_per_epoch, accuracy)
+    net = net.cpu().eval()
+    cnn = predict_log_probs(net, x_all[valid_idx], torch.device("cpu"))
+    main, labels = crops.main[valid_idx], crops.labels[valid_idx]
+    by_weight = {w: combined_accuracy(cnn, main, labels, w) for w in MAIN_WEIGHTS}
+    weight = max(MAIN_WEIGHTS, key=lambda w: (by_weight[w], w))  # ties: lean on the CTC model, the safer side
+    report = {
+        "crops": {
+            "train": len(train_idx),
+            "valid": len(valid_idx),
+            "per_class": {c: int((crops.labels == i).sum()) for i, c in enumerate(spec.chars)},
+        },  # fmt: skip
+        "valid_accuracy": {
+            "ctc_model": combined_accuracy(np.zeros_like(cnn), main, labels, 1.0),
+            "refiner": by_weight[0.0],
+            "combined": by_weight[weight],
+        },  # fmt: skip
+        "accuracy_by_main_weight": {str(w): a for w, a in by_weight.items()},
+        "history": history,
+        "skipped_images": len(crops.skipped),
+    }
+    return net, RefineSpec(**{**spec.to_dict(), "main_weight": weight}), report
+
+
+def predict_log_probs(net: torch.nn.Module, x: torch.Tensor, device: torch.device) -> np.ndarray:
+    net.eval()
+    with torch.no_grad():
+        out = [F.log_softmax(net(x[i : i + 1024].to(device)), -1).cpu() for i in range(0, len(x), 1024)]
+    return torch.cat(out).numpy()
+
+
+def _jitter(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Shift a batch by up to 3 px sideways and 2 px up or down (edges repeated): the CTC step that places a crop
+    is 4 source pixels wide, so the runtime's crops are off-centre by that much."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (3, 3, 2, 2), mode="replicate")
+    dx, dy = int(rng.integers(0, 7)), int(rng.integers(0, 5))
+    return padded[..., dy : dy + h, dx : dx + w]

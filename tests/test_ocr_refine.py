@@ -1,0 +1,133 @@
+"""The refiner of look-alike characters: crop geometry, candidate search, the decision rule, and `ocr refine`
+through the real CLI on the shipped default model."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from tests.conftest import run_cli
+
+from captchalab.runtime.ocr_refine import Refiner, RefineSpec, candidates, char_runs
+
+
+def _log_probs(path: list[int], classes: int, sure: float = 0.9) -> np.ndarray:
+    """(1, T, classes) log-probs whose greedy path is ``path``."""
+    p = np.full((len(path), classes), (1 - sure) / (classes - 1))
+    p[np.arange(len(path)), path] = sure
+    return np.log(p)[None]
+
+
+def test_char_runs_one_per_emitted_character():
+    assert char_runs(np.array([0, 3, 3, 0, 3, 5, 5, 0])) == [(3, 1, 3), (3, 4, 5), (5, 5, 7)]
+    assert char_runs(np.array([0, 0])) == []
+
+
+def test_candidates_follow_the_output_charset():
+    chars = "0AOo"  # classes 1..4
+    found = candidates(["0AO"], _log_probs([1, 0, 2, 3, 3], 5), chars, "0Oo")
+    assert [(c.position, c.start, c.end, c.options) for c in found] == [(0, 0, 1, "0Oo"), (2, 3, 5, "0Oo")]
+    # case-folded outputs: 'O' counts for 'o'; only one of the group left: nothing to decide
+    assert candidates(["o"], _log_probs([2], 3), "0o", "0Oo")[0].options == "0o"
+    assert candidates(["0"], _log_probs([1], 3), "0a", "0Oo") == []
+    # a reading that does not line up with the path (fixed-length decoder) is left alone
+    assert candidates(["00"], _log_probs([1], 2), "0O", "0O") == []
+
+
+def test_crop_is_centred_and_repeats_edges():
+    spec = RefineSpec("0O", height=4, width=6)
+    source = np.tile(np.arange(20, dtype=np.uint8), (4, 1))  # column index as value
+    assert spec.crop(source, 0.5)[0].tolist() == [7, 8, 9, 10, 11, 12]
+    assert spec.crop(source, 0.0)[0].tolist() == [0, 0, 0, 0, 1, 2]
+    assert spec.crop(source, 1.0).shape == (4, 6)
+    assert spec.source(Image.new("RGB", (80, 32))).shape == (4, 10)
+
+
+def test_refiner_decides_with_the_cnn_and_the_ctc_score(tmp_path: Path):
+    torch = pytest.importorskip("torch")
+    from captchalab.models.ocr_refiner import RefinerNet
+
+    net = RefinerNet(3).eval()
+    with torch.no_grad():
+        for p in net.classifier.parameters():
+            p.zero_()
+        net.classifier.bias.copy_(torch.tensor([0.0, 3.0, 0.0]))  # the CNN says 'O' (e^3 against 1 and 1)
+    path = tmp_path / "refiner.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, torch.zeros(1, 1, 60, 48), str(path), input_names=["crop"], output_names=["logits"],
+                          dynamic_axes={"crop": {0: "b"}}, dynamo=False)  # fmt: skip
+    chars, sources = "0AO", [np.full((60, 160), 200, np.uint8)]
+    log_probs = _log_probs([1, 0, 2, 0, 1], 4, sure=0.8)  # "0A0": the CTC model's 0 beats its O by e^2.5
+    cnn_only = Refiner(path, RefineSpec("0Oo", main_weight=0.0), 1, None)
+    assert cnn_only.refine(["0A0"], log_probs, chars, sources) == ["OAO"]
+    trusting_ctc = Refiner(path, RefineSpec("0Oo", main_weight=2.0), 1, None)
+    assert trusting_ctc.refine(["0A0"], log_probs, chars, sources) == ["0A0"]
+    assert cnn_only.refine(["A"], _log_probs([2], 4), chars, sources) == ["A"]  # nothing of the group: untouched
+
+
+@pytest.fixture(scope="module")
+def look_alike_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("refine-data")
+    run_cli("ocr", "generate", str(out), "--count", "240", "--charset", "upper+digits", "--favour", "0O:0.5",
+            "--seed", "5")  # fmt: skip
+    return out
+
+
+def test_refine_cli_writes_a_bundle_the_reader_uses(look_alike_data: Path, tmp_path: Path):
+    from captchalab.ocr import OcrReader
+
+    out = tmp_path / "refined"
+    done = run_cli("ocr", "refine", "default", str(look_alike_data), "--out", str(out), "--epochs", "1",
+                   "--chars", "0O")  # fmt: skip
+    assert "held-out crops" in done.stdout_text
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["files"]["refiner"] == "refiner.onnx" and (out / "refiner.onnx").is_file()
+    refiner = manifest["refiner"]
+    assert refiner["chars"] == "0O" and refiner["parity"]["mismatches"] == 0
+    assert refiner["main_weight"] in (0.0, 0.25, 0.5, 1.0, 2.0)
+    crops = refiner["training"]["crops"]
+    assert crops["train"] > 100 and crops["per_class"]["0"] > 0 and crops["per_class"]["O"] > 0
+
+    images = sorted(look_alike_data.glob("*.png"))[:40]
+    refined, plain, default = OcrReader(out), OcrReader(out, refine=False), OcrReader("default")
+    assert refined.refiner is not None and plain.refiner is None
+    assert [r.text for r in plain.read_batch(images)] == [r.text for r in default.read_batch(images)]
+    for a, b in zip(refined.read_batch(images), default.read_batch(images)):  # only 0 / O may change
+        assert len(a.text) == len(b.text)
+        assert all(x == y or {x, y} <= {"0", "O"} for x, y in zip(a.text, b.text))
+    predicted = run_cli("ocr", "predict", "--model", str(out), "--json", str(images[0]))
+    assert json.loads(predicted.stdout_text)["text"] == refined.read(images[0]).text
+
+
+@pytest.mark.parametrize(
+    ("chars", "message"),
+    [("0", "at least two characters"), ("0é", "cannot output 'é'")],
+)
+def test_refine_bad_chars_one_line(chars: str, message: str, look_alike_data: Path, tmp_path: Path):
+    done = run_cli("ocr", "refine", "default", str(look_alike_data), "--out", str(tmp_path / "b"), "--chars", chars,
+                   check=False)  # fmt: skip
+    assert done.returncode == 2 and message in done.stderr_text and "Traceback" not in done.stderr_text
+
+
+def test_refine_without_look_alikes_says_so(tmp_path: Path):
+    data = tmp_path / "abc"
+    run_cli("ocr", "generate", str(data), "--count", "20", "--charset", "ABC", "--seed", "1")
+    done = run_cli("ocr", "refine", "default", str(data), "--out", str(tmp_path / "b"), check=False)
+    assert done.returncode == 2 and "too few look-alike characters" in done.stderr_text
+
+
+def test_favour_draws_the_group_more_often_and_is_seeded():
+    from captchalab.data.generate import GenerateConfig, iter_samples
+
+    config = GenerateConfig("ABCDEFGHIJ0O", 4, 4, seed=3, favour="0Ox", favour_rate=0.6)
+    labels = [t for t, _ in iter_samples(config, 200)]
+    assert labels == [t for t, _ in iter_samples(config, 200)]
+    share = sum(c in "0O" for t in labels for c in t) / 800
+    assert 0.55 < share < 0.8  # 0.6 + 0.4 x 2/12 expected; 2/12 without favour
+    plain = [t for t, _ in iter_samples(GenerateConfig("ABCDEFGHIJ0O", 4, 4, seed=3), 200)]
+    assert sum(c in "0O" for t in plain for c in t) / 800 < 0.25
