@@ -103,6 +103,13 @@ def test_refine_cli_writes_a_bundle_the_reader_uses(look_alike_data: Path, tmp_p
     predicted = run_cli("ocr", "predict", "--model", str(out), "--json", str(images[0]))
     assert json.loads(predicted.stdout_text)["text"] == refined.read(images[0]).text
 
+    reports = {}
+    for name, model, flags in (("on", str(out), []), ("off", str(out), ["--no-refine"]), ("default", "default", [])):
+        run_cli("ocr", "eval", model, str(look_alike_data), "--out", str(tmp_path / f"{name}.json"), *flags)
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert reports["on"]["refiner"] and not reports["off"]["refiner"]
+    assert reports["off"]["exact_accuracy"] == reports["default"]["exact_accuracy"]
+
 
 @pytest.mark.parametrize(
     ("chars", "message"),

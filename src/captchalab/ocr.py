@@ -27,10 +27,11 @@ def load_reader(  # noqa: ANN201
     threads: int | None = None,
     case_sensitive: bool = True,
     charset: str | None = AUTO,
+    refine: bool = True,
 ):
     """A reader for ``default``, a bundle folder (onnxruntime) or a training run folder (torch); ``charset`` limits
     what it can read (e.g. ``'lower+digits'``; ``'auto'``: inferred among the model's training alphabets, ``'any'``:
-    no limit)."""
+    no limit); ``refine=False`` turns a bundle's refiner of look-alike characters off."""
     path = Path(model)
     if str(model) != "default" and path.is_dir() and not (path / "manifest.json").exists():
         if (path / "best.pt").exists():
@@ -40,7 +41,7 @@ def load_reader(  # noqa: ANN201
         raise CaptchalabError(f"{path}: neither a model bundle (manifest.json) nor a training run (best.pt)")
     if str(model) != "default" and not path.exists():
         raise CaptchalabError(f"{path}: no such model bundle")
-    return OcrReader(model, threads=threads, case_sensitive=case_sensitive, charset=charset)
+    return OcrReader(model, threads=threads, case_sensitive=case_sensitive, charset=charset, refine=refine)
 
 
 def expand_paths(paths: Sequence[str], stdin: BinaryIO | None = None) -> Iterator[tuple[str, ImageInput]]:
@@ -65,10 +66,11 @@ def evaluate(
     case_sensitive: bool = True,
     batch_size: int = 256,
     charset: str | None = AUTO,
+    refine: bool = True,
 ) -> dict:
     """Score ``model`` on a labelled folder / labels file; unreadable images are skipped and listed. ``charset``
     limits what the model may read (the alphabet of the captchas, when known)."""
-    reader = load_reader(model, case_sensitive=case_sensitive, charset=charset)
+    reader = load_reader(model, case_sensitive=case_sensitive, charset=charset, refine=refine)
     items = read_labelled_images(data)
     compare_case = reader.case_sensitive
     charset = set(reader.charset) | ({c.upper() for c in reader.charset} if not compare_case else set())
@@ -95,5 +97,6 @@ def evaluate(
     if not labels:
         raise CaptchalabError(f"{data}: none of the images could be read")
     report = ocr_report(predictions, labels, compare_case)
-    report.update({"model": str(model), "data": str(data), "skipped_images": skipped})
+    report.update({"model": str(model), "data": str(data), "skipped_images": skipped,
+                   "refiner": getattr(reader, "refiner", None) is not None})  # fmt: skip
     return report

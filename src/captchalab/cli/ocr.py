@@ -208,6 +208,9 @@ CHARSET_HELP = (
 )
 
 
+REFINE_HELP = "Let the bundle's refiner look again at look-alike characters such as 0 / O (when it has one)."
+
+
 @app.command("eval")
 def eval_cmd(
     model: str = typer.Argument(..., help="'default', a bundle folder or a training run folder."),
@@ -217,11 +220,12 @@ def eval_cmd(
     ),
     case_insensitive: bool = typer.Option(False, "--case-insensitive", help="Compare ignoring case."),
     charset: str = typer.Option("auto", help=CHARSET_HELP),
+    refine: bool = typer.Option(True, "--refine/--no-refine", help=REFINE_HELP),
 ) -> None:
     """Score a model on labelled images: exact and per-character accuracy, most confused pairs."""
     from captchalab.ocr import evaluate
 
-    report = evaluate(model, data, case_sensitive=not case_insensitive, charset=charset)
+    report = evaluate(model, data, case_sensitive=not case_insensitive, charset=charset, refine=refine)
     target = out or (data if data.is_dir() else data.parent) / "eval-report.json"
     target.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
     typer.echo(
@@ -241,11 +245,12 @@ def predict(
         False, "--case-insensitive", help="Merge upper and lower case of each letter (answers in lower case)."
     ),
     charset: str = typer.Option("auto", help=CHARSET_HELP),
+    refine: bool = typer.Option(True, "--refine/--no-refine", help=REFINE_HELP),
 ) -> None:
     """Read captchas. Bad files get one line each on stderr; exit code 2 if any failed."""
     from captchalab.ocr import expand_paths, load_reader
 
-    reader = load_reader(model, case_sensitive=not case_insensitive, charset=charset)
+    reader = load_reader(model, case_sensitive=not case_insensitive, charset=charset, refine=refine)
     if not paths:
         _interactive(reader)
         return
