@@ -43,7 +43,7 @@ def main() -> None:
         worst = min(worst, with_it - without)
         print(f"{name:38s} no refiner {without:.4f}   refined {with_it:.4f}   ({(with_it - without) * 100:+.2f} pt)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"model": args.model, "refiner": {k: v for k, v in refined.refiner.spec.to_dict().items()}, "sets": rows,
+    result = {"model": args.model, "refiner": refined.refiner.spec.to_dict(), "sets": rows,
               "worst_change": worst, "gate_max_loss": MAX_LOSS, "passed": worst >= -MAX_LOSS}  # fmt: skip
     args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
     print(f"wrote {args.out}")

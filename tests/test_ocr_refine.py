@@ -61,7 +61,7 @@ def test_refiner_decides_with_the_cnn_and_the_ctc_score(tmp_path: Path):
         warnings.simplefilter("ignore")
         torch.onnx.export(net, torch.zeros(1, 1, 60, 48), str(path), input_names=["crop"], output_names=["logits"],
                           dynamic_axes={"crop": {0: "b"}}, dynamo=False)  # fmt: skip
-    chars, sources = "0AO", [np.full((60, 160), 200, np.uint8)]
+    chars, sources = "0AO", [Image.new("RGB", (160, 60), (200, 200, 200))]
     log_probs = _log_probs([1, 0, 2, 0, 1], 4, sure=0.8)  # "0A0": the CTC model's 0 beats its O by e^2.5
     cnn_only = Refiner(path, RefineSpec("0Oo", main_weight=0.0), 1, None)
     assert cnn_only.refine(["0A0"], log_probs, chars, sources) == ["OAO"]

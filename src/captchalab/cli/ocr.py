@@ -187,8 +187,8 @@ def refine(
     opts = RefineOptions(chars=group, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
     spec = RefineSpec(group, opts.height, opts.width)
     crops = collect_crops(model, data, spec)
-    net, spec, report = train_refiner(crops, spec, opts)
-    _, valid = split_crops(crops, opts.valid_fraction, opts.seed)
+    train, valid = split_crops(crops, opts.valid_fraction, opts.seed)
+    net, spec, report = train_refiner(crops, spec, opts, train, valid)
     training = {"data": str(data), "command": shlex.join(["captchalab", *sys.argv[1:]]), "options": vars(opts),
                 **report}  # fmt: skip
     export_refined_bundle(model, out, net, spec, crops.images[valid], training)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from captchalab.imaging import ImageInput, Preprocess, load_image
 from captchalab.runtime.bundle import load_bundle, onnx_session
@@ -72,21 +73,20 @@ class OcrReader:
         """Images -> the (B, C, H, W) float32 batch the model takes."""
         return self.prepare(images)[0]
 
-    def prepare(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[np.ndarray] | None]:
-        """Images -> (model batch, the refiner's source images or None when there is no refiner)."""
+    def prepare(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[Image.Image]]:
+        """Images -> (model batch, the loaded images, which the refiner crops from)."""
         loaded = [load_image(i) for i in images]
-        batch = self.preprocess.normalize(np.stack([self.preprocess.to_uint8(i) for i in loaded]))
-        return batch, [self.refiner.spec.source(i) for i in loaded] if self.refiner else None
+        return self.preprocess.normalize(np.stack([self.preprocess.to_uint8(i) for i in loaded])), loaded
 
     def run(
-        self, batch: np.ndarray, sources: Sequence[np.ndarray] | None = None, hook: RefineHook | None = None
+        self, batch: np.ndarray, images: Sequence[Image.Image] | None = None, hook: RefineHook | None = None
     ) -> list[Reading]:
-        """A preprocessed (B, C, H, W) batch -> readings; with the ``sources`` that ``prepare`` returned, the
+        """A preprocessed (B, C, H, W) batch -> readings; given the loaded ``images`` too (``prepare``), the
         refiner (if any) looks again at look-alike characters. ``hook`` replaces the refiner (training uses it to
         collect crops)."""
         (log_probs,) = self._session.run(None, {self._input: batch})
-        if hook is None and self.refiner is not None and sources is not None:
-            hook = self.refiner.hook(sources)
+        if hook is None and self.refiner is not None and images is not None:
+            hook = self.refiner.hook(images)
         return self.output.readings(log_probs, self.decoder, hook)
 
     def read(self, image: ImageInput) -> Reading:

@@ -77,6 +77,15 @@ class Candidate:
     end: int
     options: str  # the output characters it may become (at least two)
 
+    def ctc_score(self, log_probs: np.ndarray, chars: str, option: str) -> float:
+        """The CTC model's best log-probability for ``option`` over this character's steps."""
+        return float(log_probs[self.row, self.start : self.end, chars.index(option) + 1].max())
+
+    def crop(self, spec: RefineSpec, source: np.ndarray, steps: int) -> np.ndarray:
+        """The classifier's crop of ``source`` (``spec.source`` of this candidate's image) around the character's
+        steps (of ``steps``)."""
+        return spec.crop(source, (self.start + self.end) / 2 / steps)
+
 
 def candidates(texts: Sequence[str], log_probs: np.ndarray, chars: str, group: str) -> list[Candidate]:
     """Characters of ``group`` (mapped into ``chars``; case-folded outputs map 'O' to 'o') in the greedy readings.
@@ -91,6 +100,11 @@ def candidates(texts: Sequence[str], log_probs: np.ndarray, chars: str, group: s
             continue
         found += [Candidate(b, k, s, e, options) for k, (c, s, e) in enumerate(runs) if chars[c - 1] in options]
     return found
+
+
+def sources_of(spec: RefineSpec, images: Sequence[Image.Image], found: Sequence[Candidate]) -> dict[int, np.ndarray]:
+    """``spec.source`` of each image that has a candidate (once per image, none for the others)."""
+    return {row: spec.source(images[row]) for row in dict.fromkeys(c.row for c in found)}
 
 
 def _output_char(chars: str) -> Callable[[str], str | None]:
@@ -114,19 +128,19 @@ class Refiner:
         top = logits.max(-1, keepdims=True)
         return logits - (top + np.log(np.exp(logits - top).sum(-1, keepdims=True)))
 
-    def hook(self, sources: Sequence[np.ndarray]) -> RefineHook:
-        """The decoding hook for one batch whose source images (``spec.source``) are ``sources``."""
-        return lambda texts, log_probs, chars, rows: self.refine(texts, log_probs, chars, [sources[r] for r in rows])
+    def hook(self, images: Sequence[Image.Image]) -> RefineHook:
+        """The decoding hook for one batch of loaded ``images``."""
+        return lambda texts, log_probs, chars, rows: self.refine(texts, log_probs, chars, [images[r] for r in rows])
 
-    def refine(self, texts: list[str], log_probs: np.ndarray, chars: str, sources: Sequence[np.ndarray]) -> list[str]:
+    def refine(self, texts: list[str], log_probs: np.ndarray, chars: str, images: Sequence[Image.Image]) -> list[str]:
         """Greedy readings of (B, T, K+1) ``log_probs`` over ``chars`` -> readings with the group's characters
         decided again: classifier log-probability (summed over classes that output the same character) plus
         ``main_weight`` times the CTC model's best log-probability for that character over the character's steps."""
         found = candidates(texts, log_probs, chars, self.spec.chars)
         if not found:
             return texts
-        steps = log_probs.shape[1]
-        crops = np.stack([self.spec.crop(sources[c.row], (c.start + c.end) / 2 / steps) for c in found])
+        sources = sources_of(self.spec, images, found)
+        crops = np.stack([c.crop(self.spec, sources[c.row], log_probs.shape[1]) for c in found])
         scores = self.log_probs(crops)  # (N, G)
         to_output = _output_char(chars)
         edited = [list(t) for t in texts]
@@ -134,8 +148,7 @@ class Refiner:
             best, best_score = None, -np.inf
             for option in c.options:
                 mine = [row[i] for i, g in enumerate(self.spec.chars) if to_output(g) == option]
-                main = log_probs[c.row, c.start : c.end, chars.index(option) + 1].max()
-                score = np.logaddexp.reduce(mine) + self.spec.main_weight * main
+                score = np.logaddexp.reduce(mine) + self.spec.main_weight * c.ctc_score(log_probs, chars, option)
                 if score > best_score:
                     best, best_score = option, score
             edited[c.row][c.position] = best

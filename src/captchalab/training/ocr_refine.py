@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from captchalab.data.labels import read_labelled_images
 from captchalab.errors import CaptchalabError
@@ -24,7 +25,7 @@ from captchalab.imaging import load_image
 from captchalab.models.ocr_refiner import RefinerNet
 from captchalab.progress import track
 from captchalab.runtime.ocr import OcrReader
-from captchalab.runtime.ocr_refine import RefineSpec, candidates
+from captchalab.runtime.ocr_refine import RefineSpec, candidates, sources_of
 from captchalab.training.distributed import resolve_device
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def collect_crops(model: str | os.PathLike, data: str | os.PathLike, spec: Refin
             except CaptchalabError as exc:
                 skipped.append(str(exc))
         if loaded:
-            collector.sources = [spec.source(i) for i in loaded]
+            collector.images = loaded
             reader.run(reader.inputs(loaded), hook=collector)
     if skipped:
         log.warning("skipped %d unreadable images: %s", len(skipped), "; ".join(skipped[:20]))
@@ -86,7 +87,7 @@ def collect_crops(model: str | os.PathLike, data: str | os.PathLike, spec: Refin
             f"{len(set(collector.labels))} kinds); label more images that contain them (ocr generate --favour helps)"
         )
     labels = np.asarray(collector.labels, dtype=np.int64)
-    return Crops(np.stack(collector.images), labels, np.stack(collector.main), skipped)
+    return Crops(np.stack(collector.crops), labels, np.stack(collector.main), skipped)
 
 
 class _Collector:
@@ -94,22 +95,23 @@ class _Collector:
 
     def __init__(self, spec: RefineSpec):
         self.spec = spec
-        self.truths: list[str] = []  # labels and source images of the batch being read
-        self.sources: list[np.ndarray] = []
-        self.images: list[np.ndarray] = []
+        self.truths: list[str] = []  # labels and loaded images of the batch being read
+        self.images: list[Image.Image] = []
+        self.crops: list[np.ndarray] = []
         self.labels: list[int] = []
         self.main: list[np.ndarray] = []
 
     def __call__(self, texts: list[str], log_probs: np.ndarray, chars: str, rows: np.ndarray) -> list[str]:
         group, steps = self.spec.chars, log_probs.shape[1]
-        for c in candidates(texts, log_probs, chars, group):
+        found = candidates(texts, log_probs, chars, group)
+        sources = sources_of(self.spec, [self.images[r] for r in rows], found)
+        for c in found:
             truth = self.truths[rows[c.row]]
             if len(truth) != len(texts[c.row]) or truth[c.position] not in c.options:
                 continue
-            self.images.append(self.spec.crop(self.sources[rows[c.row]], (c.start + c.end) / 2 / steps))
+            self.crops.append(c.crop(self.spec, sources[c.row], steps))
             self.labels.append(group.index(truth[c.position]))
-            scores = [log_probs[c.row, c.start : c.end, chars.index(g) + 1].max() if g in c.options else -np.inf
-                      for g in group]  # fmt: skip
+            scores = [c.ctc_score(log_probs, chars, g) if g in c.options else -np.inf for g in group]
             self.main.append(np.asarray(scores, dtype=np.float32))
         return texts
 
@@ -129,13 +131,14 @@ def combined_accuracy(cnn: np.ndarray, main: np.ndarray, labels: np.ndarray, wei
     return float((score.argmax(-1) == labels).mean())
 
 
-def train_refiner(crops: Crops, spec: RefineSpec, opts: RefineOptions) -> tuple[RefinerNet, RefineSpec, dict]:
-    """Fit the CNN, choose ``main_weight`` on the held-out crops; returns (model on CPU, eval mode), the spec with
-    that weight, and a report."""
+def train_refiner(
+    crops: Crops, spec: RefineSpec, opts: RefineOptions, train_idx: np.ndarray, valid_idx: np.ndarray
+) -> tuple[RefinerNet, RefineSpec, dict]:
+    """Fit the CNN on the crops ``train_idx``, choose ``main_weight`` on ``valid_idx`` (see ``split_crops``);
+    returns (model on CPU, eval mode), the spec with that weight, and a report."""
     torch.manual_seed(opts.seed)
     rng = np.random.default_rng(opts.seed)
     device = resolve_device(opts.device)
-    train_idx, valid_idx = split_crops(crops, opts.valid_fraction, opts.seed)
     x_all = torch.from_numpy(spec.normalize(crops.images))  # (N, 1, H, W)
     y_all = torch.from_numpy(crops.labels)
     net = RefinerNet(len(spec.chars)).to(device)
@@ -163,8 +166,7 @@ def train_refiner(crops: Crops, spec: RefineSpec, opts: RefineOptions) -> tuple[
         history.append({"epoch": epoch, "train_loss": round(total / steps_per_epoch, 4), "valid_accuracy": accuracy,
                         "seconds": round(time.time() - started, 1)})  # fmt: skip
         log.info("refiner epoch %d: loss %.4f, held-out crop accuracy %.4f", epoch, total / steps_per_epoch, accuracy)
-    net = net.cpu().eval()
-    cnn = predict_log_probs(net, x_all[valid_idx], torch.device("cpu"))
+    net = net.cpu().eval()  # cnn: the last epoch's held-out log-probs, from this very model
     main, labels = crops.main[valid_idx], crops.labels[valid_idx]
     by_weight = {w: combined_accuracy(cnn, main, labels, w) for w in MAIN_WEIGHTS}
     weight = max(MAIN_WEIGHTS, key=lambda w: (by_weight[w], w))  # ties: lean on the CTC model, the safer side
