@@ -16,7 +16,7 @@ from captchalab.export.grid_calibrate import (
 )
 from captchalab.models.effnet_lite import EfficientNetLiteTrunk, load_imagenet_weights, pretrained_weights_path
 from captchalab.models.gridclip import GridClip, GridClipConfig
-from captchalab.runtime.grid_rules import RuleParams, cell_scores, pick
+from captchalab.runtime.grid_rules import RuleParams, pick, rule_scores
 from captchalab.runtime.tokenizer import BertTokenizer, build_char_vocab, frame_token_ids, write_vocab
 from captchalab.training.grid import contrastive_loss, retrieval_metrics
 
@@ -121,7 +121,7 @@ def test_calibration_finds_a_perfect_rule_on_separable_vectors():
     decision = calibrate(images, texts, dict(zip(words, centres, strict=True)), logit_scale=50.0, count=500)
     assert decision["rules"][decision["rule"]]["valid_solve_rate"] == 1.0
     params = RuleParams.from_dict(decision["rules"]["threshold"])
-    scores = cell_scores("threshold", images[:6], centres[0], centres[1:], 50.0)
+    scores = rule_scores("threshold", images[:6] @ centres[0], images[:6] @ centres[1:].T, 50.0)
     picked, probabilities, unsure = pick(scores, params, 0.3)
     assert picked == [0, 1, 2, 3, 4, 5] and min(probabilities) > 0.5 and not unsure
 

@@ -110,7 +110,9 @@ def export_cmd(
 @app.command()
 def calibrate(
     model: str = typer.Argument(..., help="'default' or a grid bundle folder."),
-    grids: Path = typer.Argument(..., help="Labelled grids of the target kind: a folder with manifest.jsonl."),
+    grids: list[Path] = typer.Argument(
+        ..., help="Labelled grids of the target kind: folders with manifest.jsonl (one or more, fitted together)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write (the model files are copied)."),
     keep_threshold: bool = typer.Option(False, "--keep-threshold", help="Fit only each rule's 'relative'."),
     pictures: Path | None = typer.Option(
@@ -118,13 +120,18 @@ def calibrate(
         help="Labelled cells (<word>/<image> folders or JSONL): the bundle remembers prototype pictures of each "
         "word and blends them with the text similarity (the blend is fitted on GRIDS too).",
     ),  # fmt: skip
+    rule: str | None = typer.Option(
+        None, help="The bundle's rule from now on: threshold, margin, softmax or context [default: best on GRIDS]."
+    ),
 ) -> None:
-    """Re-fit the decision rules (threshold, relative margin) on labelled grids; the ONNX model is unchanged."""
+    """Re-fit the decision rules (threshold, relative margin, context model) on labelled grids; the ONNX model is
+    unchanged."""
     from captchalab.export.grid_recalibrate import recalibrate
 
-    report = recalibrate(model, grids, out, keep_threshold=keep_threshold, pictures=pictures)
+    report = recalibrate(model, grids, out, keep_threshold=keep_threshold, pictures=pictures, rule=rule)
     for rule, row in report["rules"].items():
-        typer.echo(f"  rule {rule:9s}: solve rate {row['before']:.4f} -> {row['after']:.4f} "
+        before = "-" if row["before"] is None else f"{row['before']:.4f}"
+        typer.echo(f"  rule {rule:9s}: solve rate {before:>6s} -> {row['after']:.4f} "
                    f"(threshold {row['threshold']:.4f}, relative {row['relative']:.3f})")  # fmt: skip
     skipped = f", {report['skipped']} skipped" if report["skipped"] else ""
     if "pictures" in report:
@@ -141,7 +148,9 @@ def solve(
     model: str = typer.Option("default", "--model", "-m", help="'default' or a grid bundle folder."),
     cells: bool = typer.Option(False, "--cells", help="IMAGES are the cells, row-major."),
     screenshot: bool = typer.Option(False, "--screenshot", help="IMAGE is a screenshot: read prompt, find grid."),
-    rule: str | None = typer.Option(None, help="threshold, margin or softmax [default: the bundle's calibrated]."),
+    rule: str | None = typer.Option(
+        None, help="threshold, margin, softmax or context [default: the bundle's calibrated]."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Which cells show the prompt: 1-based positions, row-major (left to right, top to bottom)."""

@@ -3,7 +3,8 @@
 Grids are simulated from the cells: a prompt word, 1-4 of its images, the other cells from other words; 2x3 and
 3x3 alike. A grid is solved when every positive scores at or above the threshold and every negative below it, so
 grid g is solved exactly for thresholds in (max negative, min positive]; the threshold with the most grids solved is
-found by one sweep over those interval ends.
+found by one sweep over those interval ends. The ``context`` rule's logistic model is fitted by Newton's method on
+the grids' cells (``fit_context``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from captchalab.runtime.grid_rules import RULES, RuleParams, cell_scores
+from captchalab.runtime.grid_rules import RULES, ContextModel, RuleParams, context_features, rule_scores
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,38 @@ def fit_slope(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float
     return k
 
 
+CONTEXT_L2 = 1.0  # ridge penalty of the context model's weights (on standardised features)
+
+
+def fit_context(features: list[np.ndarray], truths: list[np.ndarray], l2: float = CONTEXT_L2) -> ContextModel:
+    """Logistic regression of match / no match on each grid's ``context_features`` (N_g, F), by Newton's method on
+    the penalised log-likelihood of every cell (the bias is not penalised)."""
+    x = np.concatenate(features)
+    y = np.concatenate(truths).astype(np.float64)
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    design = np.c_[(x - mean) / scale, np.ones(len(x))]  # (cells, F + 1)
+    penalty = np.full(design.shape[1], l2)
+    penalty[-1] = 0.0
+    w = np.zeros(design.shape[1])
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-np.clip(design @ w, -50, 50)))
+        gradient = design.T @ (p - y) + penalty * w
+        hessian = (design * (p * (1 - p))[:, None]).T @ design + np.diag(penalty + 1e-9)
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if float(np.abs(step).max()) < 1e-8:
+            break
+    return ContextModel(mean, scale, w[:-1], float(w[-1]))
+
+
+def context_rule(features: list[np.ndarray], truths: list[np.ndarray]) -> tuple[dict, int]:
+    """The ``context`` rule fitted on these grids, as the manifest stores it, and how many of them it solves."""
+    model = fit_context(features, truths)
+    params = RuleParams(0.0, 1.0)  # its scores are log-odds: picked from 0, probability = sigmoid(score)
+    solved = count_solved([model.log_odds(f) for f in features], truths, params)
+    return {**params.to_dict(), "valid_solve_rate": solved / len(truths), "model": model.to_dict()}, solved
+
+
 def calibrate(
     image_vectors: np.ndarray,
     texts: list[str],
@@ -154,18 +187,21 @@ def calibrate(
     related = related or {}
     grids = simulate_grids(texts, count, seed, related)
     words = sorted(text_vectors)
+    inputs = []  # per grid: similarity of its cells to the prompt (N,) and to the other words (N, K)
+    for prompt, rows in zip(grids.prompts, grids.cells, strict=True):
+        banned = {prompt, *related.get(prompt, [])}
+        others = np.stack([text_vectors[w] for w in words if w not in banned])
+        cells = image_vectors[rows]
+        inputs.append((cells @ text_vectors[prompt], cells @ others.T))
     rules: dict[str, dict] = {}
     for rule in RULES:
-        all_scores, all_truth = [], []
-        for prompt, rows, truth in zip(grids.prompts, grids.cells, grids.truth, strict=True):
-            banned = {prompt, *related.get(prompt, [])}
-            others = np.stack([text_vectors[w] for w in words if w not in banned])
-            all_scores.append(cell_scores(rule, image_vectors[rows], text_vectors[prompt], others, logit_scale))
-            all_truth.append(truth)
+        all_scores = [rule_scores(rule, similarity, other, logit_scale) for similarity, other in inputs]
         # in-distribution grids say nothing about style shift: ``relative`` stays 0 here (see ``grid calibrate``)
-        threshold, _, solved = fit_rule(all_scores, all_truth, np.zeros(1))
-        slope = fit_slope(np.concatenate(all_scores), np.concatenate(all_truth), threshold)
+        threshold, _, solved = fit_rule(all_scores, grids.truth, np.zeros(1))
+        slope = fit_slope(np.concatenate(all_scores), np.concatenate(grids.truth), threshold)
         rules[rule] = RuleParams(float(threshold), float(slope), solved / len(grids.prompts)).to_dict()
         log.info("rule %s: threshold %.4f, simulated validation grids solved %.4f", rule, threshold, solved / count)
-    best = max(RULES, key=lambda r: rules[r]["valid_solve_rate"])
+    rules["context"], solved = context_rule([context_features(s, o) for s, o in inputs], grids.truth)
+    log.info("rule context: simulated validation grids solved %.4f", solved / count)
+    best = max(rules, key=lambda r: (rules[r]["valid_solve_rate"], r != "context"))  # ties: the simpler rule
     return {"rule": best, "rules": rules, "unsure_band": 0.3, "calibration": {"grids": count, "cells": len(texts)}}

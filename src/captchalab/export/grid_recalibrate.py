@@ -2,10 +2,10 @@
 
 ``grid export`` calibrates on grids simulated from validation cells, which look like the training data. Pictures of
 another kind (a new art style) score lower as a whole, so a threshold fitted in-distribution misses their matches;
-a few hundred labelled grids of the target kind fit each rule's threshold and ``relative`` again (see
-``runtime.grid_rules``). With labelled cells (``pictures``), the bundle also learns prototype pictures of each word
-(``runtime.grid_pictures``) and the share of the text similarity is fitted on the grids too. The ONNX files are
-copied as they are.
+a few hundred labelled grids of the target kind fit each rule's threshold and ``relative`` again, and the
+``context`` rule's model (see ``runtime.grid_rules``). With labelled cells (``pictures``), the bundle also learns
+prototype pictures of each word (``runtime.grid_pictures``) and the share of the text similarity is fitted on the
+grids too. The ONNX files are copied as they are.
 """
 
 from __future__ import annotations
@@ -15,19 +15,20 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from captchalab.errors import CaptchalabError
 from captchalab.export.common import install_bundle
-from captchalab.export.grid_calibrate import RELATIVE_STEPS, count_solved, fit_rule
+from captchalab.export.grid_calibrate import RELATIVE_STEPS, context_rule, count_solved, fit_rule
 from captchalab.progress import track
 from captchalab.runtime.bundle import MANIFEST, load_bundle, sha256_file
 from captchalab.runtime.clip import ClipModel
 from captchalab.runtime.grid import GridSolver
 from captchalab.runtime.grid_pictures import PICTURES_FILE, WordPictures, kmeans_prototypes
-from captchalab.runtime.grid_rules import RULES, RuleParams, rule_scores
+from captchalab.runtime.grid_rules import ALL_RULES, RULES, RuleParams, context_features, rule_scores
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +37,19 @@ PICTURE_WEIGHTS = (1.0, 0.75, 0.5, 0.25)  # candidate shares of the text similar
 PROTOTYPES_PER_WORD = 8
 
 
-def embed_grids(solver: GridSolver, grids: str | Path) -> tuple[list[tuple[str, np.ndarray]], list[np.ndarray], int]:
-    """(prompt, cell vectors) and the truth of each labelled grid; grids that cannot be read or whose prompt the
-    model does not know are skipped (counted in the third value)."""
+def embed_grids(
+    solver: GridSolver, grids: str | Path | Sequence[str | Path]
+) -> tuple[list[tuple[str, np.ndarray]], list[np.ndarray], int]:
+    """(prompt, cell vectors) and the truth of each labelled grid (of one folder or several); grids that cannot be
+    read or whose prompt the model does not know are skipped (counted in the third value)."""
     from captchalab.grid import read_grid_manifest
 
-    root, rows = read_grid_manifest(grids)
+    folders = _folders(grids)
+    rows = [(root, row) for folder in folders for root, found in [read_grid_manifest(folder)] for row in found]
     embedded: list[tuple[str, np.ndarray]] = []
     truths: list[np.ndarray] = []
     skipped = 0
-    for row in track(rows, len(rows), "embedding grids"):
+    for root, row in track(rows, len(rows), "embedding grids"):
         text, known = solver.resolve_prompt(row["prompt"])
         if not known:
             skipped += 1
@@ -64,19 +68,32 @@ def embed_grids(solver: GridSolver, grids: str | Path) -> tuple[list[tuple[str, 
         embedded.append((text, solver.model.embed_images(pictures)))
         truths.append(truth)
     if not truths:
-        raise CaptchalabError(f"{grids}: no grid could be scored (unreadable images or prompts the model never saw)")
+        names = ", ".join(str(f) for f in folders)
+        raise CaptchalabError(f"{names}: no grid could be scored (unreadable images or prompts the model never saw)")
     return embedded, truths, skipped
+
+
+def _folders(grids: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    return [grids] if isinstance(grids, (str, os.PathLike)) else list(grids)
+
+
+def grid_similarities(
+    solver: GridSolver, embedded: list[tuple[str, np.ndarray]], picture_weight: float | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per embedded grid, its cells' similarity to the prompt (N,) and to the other known words (N, K)."""
+    return [solver.similarities(vectors, text, picture_weight=picture_weight) for text, vectors in embedded]
 
 
 def score_grids(
     solver: GridSolver, embedded: list[tuple[str, np.ndarray]], picture_weight: float | None = None
 ) -> dict[str, list[np.ndarray]]:
-    """Every rule's cell scores of each embedded grid, as the solver computes them."""
-    scores: dict[str, list[np.ndarray]] = {rule: [] for rule in RULES}
-    for text, vectors in embedded:
-        similarity, other = solver.similarities(vectors, text, picture_weight=picture_weight)
-        for rule in RULES:
-            scores[rule].append(rule_scores(rule, similarity, other, solver.model.logit_scale))
+    """Every rule's cell scores of each embedded grid, as the solver computes them (the context rule's when the
+    bundle has one)."""
+    rules = RULES + (("context",) if solver.context is not None else ())
+    scores: dict[str, list[np.ndarray]] = {rule: [] for rule in rules}
+    for similarity, other in grid_similarities(solver, embedded, picture_weight):
+        for rule in rules:
+            scores[rule].append(rule_scores(rule, similarity, other, solver.model.logit_scale, solver.context))
     return scores
 
 
@@ -120,20 +137,25 @@ def build_pictures(solver: GridSolver, cells: str | Path, per_word: int = PROTOT
 
 def recalibrate(
     model: str | os.PathLike,
-    grids: str | Path,
+    grids: str | Path | Sequence[str | Path],
     out: str | Path,
     keep_threshold: bool = False,
     pictures: str | Path | None = None,
+    rule: str | None = None,
 ) -> dict:
-    """Fit every rule on the labelled ``grids``, keep the best, write the bundle to ``out``; -> the report.
+    """Fit every rule on the labelled ``grids`` (one folder or several), keep the best, write the bundle to ``out``;
+    -> the report.
 
     ``pictures``: labelled cells to take each word's prototype pictures from (replacing any the bundle has); the
     share of the text similarity is then fitted as well (``PICTURE_WEIGHTS``; 1 = text only). Each rule's
     ``before`` is its solve rate with the bundle's old parameters and old share; ``after`` is at the chosen share,
-    so a rule other than the best can end lower when new pictures change the share."""
+    so a rule other than the best can end lower when new pictures change the share. ``rule``: the bundle's rule from
+    now on (default: the one that solves the most of ``grids``)."""
     out = Path(out)
     if pictures is not None and keep_threshold:
         raise CaptchalabError("--keep-threshold and --pictures do not go together: new pictures change every score")
+    if rule is not None and rule not in ALL_RULES:
+        raise CaptchalabError(f"unknown rule {rule!r}: use one of {', '.join(ALL_RULES)}")
     bundle = load_bundle(model, "grid")
     solver = GridSolver(ClipModel(bundle))
     if pictures is not None:
@@ -142,35 +164,47 @@ def recalibrate(
     manifest = copy.deepcopy(bundle.manifest)
     decision = manifest["decision"]
     weights = PICTURE_WEIGHTS if solver.pictures is not None and not keep_threshold else (solver.picture_weight,)
-    report: dict = {"grids": str(grids), "scored": len(truths), "skipped": skipped, "keep_threshold": keep_threshold,
-                    "rules": {}}  # fmt: skip
-    before = {rule: count_solved(s, truths, RuleParams.from_dict(decision["rules"][rule]))
+    report: dict = {"grids": ", ".join(str(f) for f in _folders(grids)), "scored": len(truths), "skipped": skipped,
+                    "keep_threshold": keep_threshold, "rules": {}}  # fmt: skip
+    old = {rule: RuleParams.from_dict(p) for rule, p in decision["rules"].items() if rule in solver.rules}
+    before = {rule: count_solved(s, truths, old[rule])
               for rule, s in score_grids(solver, embedded, solver.picture_weight).items()}  # fmt: skip
     best: tuple[int, float, dict] | None = None
     for weight in weights:
-        scores = score_grids(solver, embedded, weight)
-        fitted = {rule: _fit(scores[rule], truths, RuleParams.from_dict(decision["rules"][rule]), keep_threshold)
+        inputs = grid_similarities(solver, embedded, weight)
+        scale = solver.model.logit_scale
+        fitted = {rule: _fit([rule_scores(rule, s, o, scale) for s, o in inputs], truths, old[rule], keep_threshold)
                   for rule in RULES}  # fmt: skip
+        if not keep_threshold:  # a new context model, as the thresholds: fitted on these grids
+            fitted["context"] = context_rule([context_features(s, o) for s, o in inputs], truths)
+        elif "context" in before:  # its model has no threshold to keep apart: kept whole
+            fitted["context"] = (decision["rules"]["context"], before["context"])
         solved = max(count for _, count in fitted.values())
         log.info("text share %.2f: best rule solves %.4f", weight, solved / len(truths))
         if best is None or solved > best[0]:
             best = (solved, weight, fitted)
     _, weight, fitted = best
-    for rule in RULES:
-        new, after = fitted[rule]
-        decision["rules"][rule] = new.to_dict()
-        report["rules"][rule] = {"before": before[rule] / len(truths), "after": after / len(truths),
-                                 "threshold": new.threshold, "relative": new.relative}  # fmt: skip
-        log.info("rule %s: solve rate %.4f -> %.4f (threshold %.4f, relative %.3f)", rule, before[rule] / len(truths),
-                 after / len(truths), new.threshold, new.relative)  # fmt: skip
+    for rule, (new, after) in fitted.items():
+        entry = new if isinstance(new, dict) else new.to_dict()
+        decision["rules"][rule] = entry
+        report["rules"][rule] = {"before": before[rule] / len(truths) if rule in before else None,
+                                 "after": after / len(truths), "threshold": entry["threshold"],
+                                 "relative": entry["relative"]}  # fmt: skip
+        log.info("rule %s: solve rate %s -> %.4f (threshold %.4f, relative %.3f)", rule,
+                 "-" if rule not in before else f"{before[rule] / len(truths):.4f}", after / len(truths),
+                 entry["threshold"], entry["relative"])  # fmt: skip
     current = decision["rule"]
-    decision["rule"] = max(RULES, key=lambda r: (report["rules"][r]["after"], r == current))
+    if rule is not None and rule not in report["rules"]:
+        raise CaptchalabError(f"{bundle.path} has no {rule} rule to keep: fit it without --keep-threshold")
+    decision["rule"] = rule or max(report["rules"], key=lambda r: (report["rules"][r]["after"], r == current))
     report["rule"] = decision["rule"]
     if solver.pictures is not None:
         decision["picture_weight"] = weight
         report["picture_weight"] = weight
         report["pictures"] = {"source": str(pictures) if pictures else "kept", "words": len(solver.pictures.words),
                               "prototypes": len(solver.pictures.vectors)}  # fmt: skip
+    if "recalibrated" in decision:  # how the bundle came to be stays on record
+        report["previous"] = decision["recalibrated"]
     decision["recalibrated"] = report
     _write(bundle.path, out, manifest, solver.pictures if pictures is not None else None)
     return report

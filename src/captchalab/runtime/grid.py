@@ -14,7 +14,7 @@ from captchalab.errors import CaptchalabError
 from captchalab.imaging import ImageInput, load_image
 from captchalab.runtime.clip import ClipModel, load_clip
 from captchalab.runtime.grid_pictures import WordPictures, blend, picture_columns
-from captchalab.runtime.grid_rules import RULES, RuleParams, pick, rule_scores
+from captchalab.runtime.grid_rules import ALL_RULES, ContextModel, RuleParams, pick, rule_scores
 
 log = logging.getLogger(__name__)
 LAYOUTS = {"2x3": (2, 3), "3x2": (3, 2), "3x3": (3, 3)}
@@ -51,7 +51,12 @@ class GridSolver:
         manifest = model.bundle.manifest
         decision = manifest["decision"]
         self.rule = decision["rule"]
-        self.rules = {name: RuleParams.from_dict(p) for name, p in decision["rules"].items()}
+        self.rules = {name: RuleParams.from_dict(p) for name, p in decision["rules"].items() if name in ALL_RULES}
+        context = decision["rules"].get("context")
+        try:
+            self.context = ContextModel.from_dict(context["model"]) if context else None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CaptchalabError(f"{model.bundle.path}: the manifest's context rule is unreadable ({exc})") from None
         self.unsure_band = float(decision.get("unsure_band", 0.3))
         self.prompts = [entry["text"] for entry in manifest.get("prompts", [])]
         self.aliases = {
@@ -87,14 +92,16 @@ class GridSolver:
         """Give either ``image`` (the whole grid; ``layout`` auto/2x3/3x2/3x3) or ``cells`` (row-major)."""
         text, known = self.resolve_prompt(prompt)
         rule = rule or self.rule
-        if rule not in RULES or rule not in self.rules:
+        if rule not in self.rules:
             raise CaptchalabError(f"unknown rule {rule!r}: use one of {', '.join(self.rules)}")
         pictures, layout_name = self._cells(image, cells, layout)
         if not known:
             log.warning("the model has not seen the word %r in training; the answer is a guess", text)
             rule = "threshold"  # margin/softmax compare against known words, which says little about a new one
         similarity, other = self.similarities(self.model.embed_images(pictures), text, rule != "threshold")
-        scores = rule_scores(rule, similarity, other, self.model.logit_scale)
+        if rule == "context" and other.shape[1] < 2:
+            rule = "margin"  # a bundle of three words or fewer: no context to speak of
+        scores = rule_scores(rule, similarity, other, self.model.logit_scale, self.context)
         picked, probabilities, unsure = pick(scores, self.rules[rule], self.unsure_band)
         return GridAnswer(
             prompt=text,

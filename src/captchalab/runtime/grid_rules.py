@@ -9,6 +9,11 @@ export time, to maximise the whole-grid solve rate; they live in the bundle mani
 - ``softmax`` (the reference article's rule): softmax of logit_scale * cosine over the prompt and every other known
   word (the article's "dummy texts"); the score is the prompt's share.
 
+- ``context``: a logistic model of each cell's margin seen in its grid (its gap to the grid's best cell and to its
+  neighbours in the ranking, its rank, ...; ``CONTEXT_FEATURES``); the score is the log-odds of a match and the
+  threshold 0. Fitted on labelled grids (``grid calibrate``): it depends on where a cell stands among the others more
+  than on the level of its score, which shifts with the art style.
+
 Every rule may also pick cells scoring within ``relative`` of the grid's best cell. A grid always has a match, and
 on pictures unlike the training data (a new art style) the matching cells' scores fall together, below a threshold
 calibrated in-distribution, while staying close to each other; ``relative`` (0 = off) is fitted by
@@ -21,7 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-RULES = ("threshold", "margin", "softmax")
+RULES = ("threshold", "margin", "softmax")  # rules of one score per cell with a fitted threshold
+LEARNED_RULES = ("context",)  # rules with a fitted model of the cell in its grid (threshold 0 on its log-odds)
+ALL_RULES = RULES + LEARNED_RULES
+CONTEXT_FEATURES = ("margin", "margin_below_best", "similarity", "similarity_below_best", "margin_z", "gap_below",
+                    "gap_above", "is_best", "in_top4", "nine_cells", "other_words_gap")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -46,14 +55,71 @@ class RuleParams:
         return min(self.threshold, float(scores.max()) - max(self.relative, 0.0))
 
 
-def cell_scores(rule: str, cells: np.ndarray, prompt: np.ndarray, others: np.ndarray, logit_scale: float) -> np.ndarray:
-    """cells (N, D) and prompt (D,) unit vectors, others (K, D) the other known words -> (N,) scores."""
-    other = cells @ others.T if rule != "threshold" and len(others) else np.zeros((len(cells), 0), cells.dtype)
-    return rule_scores(rule, cells @ prompt, other, logit_scale)
+@dataclass(frozen=True)
+class ContextModel:
+    """Logistic regression over ``context_features``: log-odds = ((x - mean) / scale) @ weights + bias."""
+
+    mean: np.ndarray  # (F,)
+    scale: np.ndarray  # (F,)
+    weights: np.ndarray  # (F,)
+    bias: float
+
+    def log_odds(self, features: np.ndarray) -> np.ndarray:
+        """(N, F) -> (N,)."""
+        return (features - self.mean) / self.scale @ self.weights + self.bias
+
+    def to_dict(self) -> dict:
+        return {"features": list(CONTEXT_FEATURES), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
+                "weights": self.weights.tolist(), "bias": self.bias}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ContextModel:
+        if tuple(data.get("features", ())) != CONTEXT_FEATURES:
+            raise ValueError(f"context model of other features ({data.get('features')}); this version computes "
+                             f"{', '.join(CONTEXT_FEATURES)}")  # fmt: skip
+        arrays = [np.asarray(data[key], dtype=np.float64) for key in ("mean", "scale", "weights")]
+        if any(a.shape != (len(CONTEXT_FEATURES),) for a in arrays):
+            raise ValueError("context model: mean, scale and weights need one value per feature")
+        return cls(*arrays, float(data["bias"]))
 
 
-def rule_scores(rule: str, similarity: np.ndarray, other: np.ndarray, logit_scale: float) -> np.ndarray:
-    """A cell's similarity to the prompt (N,) and to every other known word (N, K) -> (N,) scores of ``rule``."""
+def context_features(similarity: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """A grid's similarities to the prompt (N,) and to the other known words (N, K >= 2) -> (N, F) features of each
+    cell among the grid's cells (``CONTEXT_FEATURES``; the margin is similarity - best other word)."""
+    top2 = np.partition(other, other.shape[1] - 2, axis=1)[:, -2:]  # (N, 2): second best, best
+    best_other, second_other = top2.max(axis=1), top2.min(axis=1)
+    margin = similarity - best_other
+    order = np.argsort(-margin, kind="stable")
+    rank = np.empty(len(margin), dtype=np.int64)
+    rank[order] = np.arange(len(margin))
+    ranked = margin[order]  # best first
+    below = np.append(ranked[1:], ranked[-1])[rank]  # the next lower margin (the lowest cell: its own)
+    above = np.insert(ranked[:-1], 0, ranked[0])[rank]  # the next higher margin (the best cell: its own)
+    columns = [
+        margin,
+        margin - margin.max(),
+        similarity,
+        similarity - similarity.max(),
+        (margin - margin.mean()) / (margin.std() + 1e-6),
+        margin - below,
+        above - margin,
+        rank == 0,
+        rank < 4,
+        np.full(len(margin), len(margin) == 9),
+        best_other - second_other,
+    ]
+    return np.stack(columns, axis=1).astype(np.float64)
+
+
+def rule_scores(
+    rule: str, similarity: np.ndarray, other: np.ndarray, logit_scale: float, context: ContextModel | None = None
+) -> np.ndarray:
+    """A cell's similarity to the prompt (N,) and to every other known word (N, K) -> (N,) scores of ``rule``
+    (``context``: the fitted model of the ``context`` rule)."""
+    if rule == "context":
+        if context is None or other.shape[1] < 2:
+            raise ValueError("the context rule needs its fitted model and at least two other known words")
+        return context.log_odds(context_features(similarity, other))
     if rule == "threshold" or other.shape[1] == 0:
         return similarity
     if rule == "margin":
@@ -63,7 +129,7 @@ def rule_scores(rule: str, similarity: np.ndarray, other: np.ndarray, logit_scal
         logits -= logits.max(axis=1, keepdims=True)
         weights = np.exp(logits)
         return weights[:, 0] / weights.sum(axis=1)
-    raise ValueError(f"unknown decision rule {rule!r}; known: {', '.join(RULES)}")
+    raise ValueError(f"unknown decision rule {rule!r}; known: {', '.join(ALL_RULES)}")
 
 
 def probabilities(scores: np.ndarray, params: RuleParams) -> np.ndarray:
