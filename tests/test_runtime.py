@@ -191,6 +191,10 @@ def test_default_bundle_is_complete_and_reads():
     assert bundle.manifest["precision"] == "int8" and bundle.manifest["quantization"]["accuracy"]
     assert set(bundle.manifest["charset"]) == set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
     assert bundle.manifest["training"]["command"] and bundle.manifest["licenses"]
+    refiner = bundle.manifest["refiner"]  # the second look at 0 / O / o, with how it was trained and on what
+    assert bundle.manifest["files"]["refiner"] == "refiner.onnx" and refiner["chars"] == "0Oo"
+    assert refiner["parity"]["mismatches"] == 0 and "ocr generate" in refiner["training"]["data"]
+    assert ocr.OcrReader("default").refiner is not None
     samples = list(iter_samples(GenerateConfig(charset="abcdefghijklmnopqrstuvwxyz0123456789", seed=424242), 50))
     right = sum(ocr.read(image).text.lower() == label for label, image in samples)
     assert right >= 45  # the benchmark measures >= 99% on thousands; this only guards against a broken bundle

@@ -174,6 +174,7 @@ def refine(
     lr: float = typer.Option(2e-3),
     seed: int = typer.Option(0, help="Seed of the held-out split, the initialisation and the batch order."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    data_statement: str | None = typer.Option(None, help="What DATA is (how it was made), for the manifest."),
 ) -> None:
     """Teach a bundle a second look at look-alike characters (such as O and 0) on full-resolution crops."""
     _need_torch("ocr refine")
@@ -189,8 +190,8 @@ def refine(
     crops = collect_crops(model, data, spec)
     train, valid = split_crops(crops, opts.valid_fraction, opts.seed)
     net, spec, report = train_refiner(crops, spec, opts, train, valid)
-    training = {"data": str(data), "command": shlex.join(["captchalab", *sys.argv[1:]]), "options": vars(opts),
-                **report}  # fmt: skip
+    command = shlex.join(["captchalab", *sys.argv[1:]])
+    training = {"data": data_statement or str(data), "command": command, "options": vars(opts), **report}
     export_refined_bundle(model, out, net, spec, crops.images[valid], training)
     accuracy = report["valid_accuracy"]
     typer.echo(
