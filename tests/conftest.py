@@ -120,3 +120,13 @@ def tiny_grid_bundle(tiny_grid_run: Path, tmp_path_factory: pytest.TempPathFacto
     bundle = tmp_path_factory.mktemp("grid-bundles") / "tiny"
     run_cli("grid", "export", str(tiny_grid_run), "--out", str(bundle))
     return bundle
+
+
+def random_grid_truth(rng, grid_number: int):  # noqa: ANN001, ANN201
+    """The truth of a simulated grid: 6 cells for even numbers, 9 for odd ones, 1-4 of them matching."""
+    import numpy as np
+
+    size = 9 if grid_number % 2 else 6
+    truth = np.zeros(size, dtype=bool)
+    truth[rng.choice(size, int(rng.integers(1, 5)), replace=False)] = True
+    return truth

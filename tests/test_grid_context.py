@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import run_cli
+from tests.conftest import random_grid_truth, run_cli
 from tests.test_grid_train_cli import _grid
 
 from captchalab.export.grid_calibrate import context_rule, count_solved, fit_context, fit_rule
@@ -36,9 +36,8 @@ def grids_at(level: float, seed: int, count: int = 300) -> tuple[list[tuple[np.n
     rng = np.random.default_rng(seed)
     inputs, truths = [], []
     for g in range(count):
-        size = 9 if g % 2 else 6
-        truth = np.zeros(size, dtype=bool)
-        truth[rng.choice(size, int(rng.integers(1, 5)), replace=False)] = True
+        truth = random_grid_truth(rng, g)
+        size = len(truth)
         margin = np.where(truth, rng.uniform(0.25, 0.35, size), rng.uniform(-0.4, -0.1, size)) + level
         other = rng.uniform(0.0, 0.3, (size, 20))
         inputs.append((margin + other.max(axis=1), other))

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.conftest import random_grid_truth
 
 from captchalab.export.grid_calibrate import (
     best_threshold,
@@ -155,9 +156,8 @@ def shifted_grids(seed: int, count: int = 300) -> tuple[list[np.ndarray], list[n
     rng = np.random.default_rng(seed)
     scores, truths = [], []
     for g in range(count):
-        size = 9 if g % 2 else 6
-        truth = np.zeros(size, dtype=bool)
-        truth[rng.choice(size, int(rng.integers(1, 5)), replace=False)] = True
+        truth = random_grid_truth(rng, g)
+        size = len(truth)
         if g % 4 < 2:
             s = np.where(truth, rng.uniform(0.8, 0.9, size), rng.uniform(0.2, 0.6, size))
         else:
