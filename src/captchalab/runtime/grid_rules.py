@@ -8,11 +8,10 @@ export time, to maximise the whole-grid solve rate; they live in the bundle mani
 - ``margin``: cosine(image, prompt) - the best cosine of the image to any *other* known prompt word.
 - ``softmax`` (the reference article's rule): softmax of logit_scale * cosine over the prompt and every other known
   word (the article's "dummy texts"); the score is the prompt's share.
-
 - ``context``: a logistic model of each cell's margin seen in its grid (its gap to the grid's best cell and to its
   neighbours in the ranking, its rank, ...; ``CONTEXT_FEATURES``); the score is the log-odds of a match and the
-  threshold 0. Fitted on labelled grids (``grid calibrate``): it depends on where a cell stands among the others more
-  than on the level of its score, which shifts with the art style.
+  threshold 0. Fitted at export and again on labelled grids by ``grid calibrate``: it depends on where a cell stands
+  among the others more than on the level of its score, which shifts with the art style.
 
 Every rule may also pick cells scoring within ``relative`` of the grid's best cell. A grid always has a match, and
 on pictures unlike the training data (a new art style) the matching cells' scores fall together, below a threshold
