@@ -3,12 +3,14 @@ moves both alike.
 
     python benchmarks/ab.py ocr  [--rounds 2]                  # int8 default vs its fp32 original, auto vs any
     python benchmarks/ab.py grid --grids DIR [--count 200]     # default grid bundle with vs without word pictures
+    python benchmarks/ab.py rule --grids DIR [--count 200]     # default grid bundle, context rule vs margin rule
     python benchmarks/ab.py split --grids DIR [--count 200]    # cutting a grid: split_grid vs guess + split_cells
 
 ``ocr``: one image one thread (median ms) and batched throughput (2 workers, img/s) on 2,000 captcha-library images
 (4 chars a-z0-9, seed 9001). ``grid``: per 9-cell grid from PNG bytes, the two solvers alternating grid by grid, on
-1 and 2 threads. ``split``: the layout guess and the cut of decoded grids, in one scan (``split_grid``, what the solver
-does) vs two (``guess_layout`` then ``split_cells``). Writes benchmarks/results/ab-<what>.json.
+1 and 2 threads; ``rule`` likewise. ``split``: the layout guess and the cut of decoded grids, in one scan
+(``split_grid``, what the solver does) vs two (``guess_layout`` then ``split_cells``). Writes
+benchmarks/results/ab-<what>.json.
 """
 
 from __future__ import annotations
@@ -70,7 +72,20 @@ def grid_ab(grids: Path, count: int, tmp: Path) -> dict:
     def no_pictures(manifest: dict) -> None:
         manifest["files"].pop("pictures", None)
 
-    models = {"with pictures": "default", "without pictures": str(variant("grid", tmp / "text-only", no_pictures))}
+    return solvers_ab({"with pictures": "default", "without pictures": str(variant("grid", tmp / "text", no_pictures))},
+                      grids, count)  # fmt: skip
+
+
+def rule_ab(grids: Path, count: int, tmp: Path) -> dict:
+    def margin(manifest: dict) -> None:
+        manifest["decision"]["rule"] = "margin"
+
+    return solvers_ab({"context rule": "default", "margin rule": str(variant("grid", tmp / "margin", margin))},
+                      grids, count)  # fmt: skip
+
+
+def solvers_ab(models: dict[str, str], grids: Path, count: int) -> dict:
+    """Median / p95 ms per 9-cell grid of each grid bundle in ``models``, alternating grid by grid."""
     root, rows = read_grid_manifest(grids)
     payloads = [((root / r["image"]).read_bytes(), r["prompt"]) for r in rows if r.get("layout") == "3x3"][:count]
     result = {"grids": len(payloads), "threads": {}}
@@ -114,7 +129,7 @@ def split_ab(grids: Path, count: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("ocr", "grid", "split"))
+    parser.add_argument("what", choices=("ocr", "grid", "rule", "split"))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--grids", type=Path, help="grid: held-out grids (manifest.jsonl), as benchmarks/grid.py")
     parser.add_argument("--count", type=int, default=200)
@@ -124,8 +139,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.what == "ocr":
             result = ocr_ab(args.rounds, Path(tmp))
-        elif args.what == "grid":
-            result = grid_ab(args.grids, args.count, Path(tmp))
+        elif args.what in ("grid", "rule"):
+            result = (grid_ab if args.what == "grid" else rule_ab)(args.grids, args.count, Path(tmp))
         else:
             result = split_ab(args.grids, args.count)
     out = RESULTS / f"ab-{args.what}.json"

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from captchalab.data.charset import parse_charset_spec
+from captchalab.data.fonts import cjk_fonts, latin_fonts
 from captchalab.data.generate import GenerateConfig, iter_samples
 from captchalab.evaluation import ocr_report
 from captchalab.ocr import OcrReader
@@ -151,7 +152,13 @@ def main() -> None:
     results: dict = {
         "model": args.model,
         "manifest_sha256": ours.bundle.manifest.get("sha256"),
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            # the builtin style draws with every font it finds: its sets differ between font sets
+            "builtin_fonts": [Path(f).name for f in (*latin_fonts(), *cjk_fonts())],
+        },
         "accuracy": {},
         "latency_one_thread": {},
     }
