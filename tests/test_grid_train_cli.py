@@ -147,6 +147,11 @@ def test_calibrate_refits_the_rules_on_labelled_grids(tiny_grid_bundle: Path, ti
     assert decision["rule"] == "context" and decision["recalibrated"]["scored"] == 50
     run_cli("grid", "eval", str(both), str(more), "--out", str(tmp_path / "both.json"))
     assert json.loads((tmp_path / "both.json").read_text())["rule"] == "context"
+    kept = tmp_path / "kept"  # --keep-threshold re-fits only 'relative': the context model is kept whole
+    run_cli("grid", "calibrate", str(both), str(more), "--out", str(kept), "--keep-threshold")
+    kept_decision = json.loads((kept / "manifest.json").read_text())["decision"]
+    assert kept_decision["rules"]["context"] == decision["rules"]["context"]
+    assert kept_decision["recalibrated"]["previous"]["scored"] == 50  # the earlier fit stays on record
 
 
 def test_calibrate_errors_are_one_line(tiny_grid_bundle: Path, tmp_path: Path):
