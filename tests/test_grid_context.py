@@ -107,3 +107,22 @@ def test_unreadable_context_model_is_one_line(tiny_grid_bundle: Path, tmp_path: 
     result = run_cli("grid", "solve", str(grid), "--prompt", "猫", "--model", str(bundle), check=False)
     assert result.returncode == 2 and "context rule is unreadable" in result.stderr_text
     assert "Traceback" not in result.stderr_text
+
+
+def test_calibrate_without_rule_keeps_the_rule_that_solves_most(
+    tiny_grid_bundle: Path, tiny_grid_cells: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import captchalab.export.grid_recalibrate as recalibration
+
+    def hopeless(features, truths):  # noqa: ANN001, ANN202 - a context model that solves no grid
+        entry, _ = context_rule(features, truths)
+        return entry, 0
+
+    monkeypatch.setattr(recalibration, "context_rule", hopeless)
+    grids = tmp_path / "grids"
+    run_cli("grid", "generate", str(grids), "--count", "20", "--cells", str(tiny_grid_cells), "--layout", "2x3",
+            "--cell-size", "40", "--seed", "8")  # fmt: skip
+    report = recalibration.recalibrate(tiny_grid_bundle, grids, tmp_path / "out")
+    assert report["rules"]["context"]["after"] == 0.0 and report["rule"] != "context"
+    assert report["rules"][report["rule"]]["after"] == max(row["after"] for row in report["rules"].values())
+    assert recalibration.recalibrate(tiny_grid_bundle, grids, tmp_path / "ctx", rule="context")["rule"] == "context"

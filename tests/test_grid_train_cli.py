@@ -124,6 +124,8 @@ def test_calibrate_refits_the_rules_on_labelled_grids(tiny_grid_bundle: Path, ti
     report = after["decision"]["recalibrated"]
     assert report["scored"] == 30 and report["rule"] == after["decision"]["rule"]
     assert set(report["rules"]) == {"threshold", "margin", "softmax", "context"}
+    best_after = max(row["after"] for row in report["rules"].values())
+    assert report["rules"][report["rule"]]["after"] == best_after  # without --rule: the rule solving the most
     for rule, row in report["rules"].items():
         if rule != "context":  # a threshold fit maximises the solved grids; the context model's likelihood
             assert row["after"] >= row["before"]

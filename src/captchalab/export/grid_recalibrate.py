@@ -166,15 +166,16 @@ def recalibrate(
     weights = PICTURE_WEIGHTS if solver.pictures is not None and not keep_threshold else (solver.picture_weight,)
     report: dict = {"grids": ", ".join(str(f) for f in _folders(grids)), "scored": len(truths), "skipped": skipped,
                     "keep_threshold": keep_threshold, "rules": {}}  # fmt: skip
-    old = {rule: RuleParams.from_dict(p) for rule, p in decision["rules"].items() if rule in solver.rules}
-    before = {rule: count_solved(s, truths, old[rule])
-              for rule, s in score_grids(solver, embedded, solver.picture_weight).items()}  # fmt: skip
+    old = {name: RuleParams.from_dict(p) for name, p in decision["rules"].items() if name in solver.rules}
+    before = {name: count_solved(s, truths, old[name])
+              for name, s in score_grids(solver, embedded, solver.picture_weight).items()}  # fmt: skip
     best: tuple[int, float, dict] | None = None
+    scale = solver.model.logit_scale
     for weight in weights:
         inputs = grid_similarities(solver, embedded, weight)
-        scale = solver.model.logit_scale
-        fitted = {rule: _fit([rule_scores(rule, s, o, scale) for s, o in inputs], truths, old[rule], keep_threshold)
-                  for rule in RULES}  # fmt: skip
+        # per rule: (its manifest entry, grids solved)
+        fitted = {name: _fit([rule_scores(name, s, o, scale) for s, o in inputs], truths, old[name], keep_threshold)
+                  for name in RULES}  # fmt: skip
         if not keep_threshold:  # a new context model, as the thresholds: fitted on these grids
             fitted["context"] = context_rule([context_features(s, o) for s, o in inputs], truths)
         elif "context" in before:  # its model has no threshold to keep apart: kept whole
@@ -184,14 +185,13 @@ def recalibrate(
         if best is None or solved > best[0]:
             best = (solved, weight, fitted)
     _, weight, fitted = best
-    for rule, (new, after) in fitted.items():
-        entry = new if isinstance(new, dict) else new.to_dict()
-        decision["rules"][rule] = entry
-        report["rules"][rule] = {"before": before[rule] / len(truths) if rule in before else None,
+    for name, (entry, after) in fitted.items():  # not ``rule``: that is the caller's choice, read below
+        decision["rules"][name] = entry
+        report["rules"][name] = {"before": before[name] / len(truths) if name in before else None,
                                  "after": after / len(truths), "threshold": entry["threshold"],
                                  "relative": entry["relative"]}  # fmt: skip
-        log.info("rule %s: solve rate %s -> %.4f (threshold %.4f, relative %.3f)", rule,
-                 "-" if rule not in before else f"{before[rule] / len(truths):.4f}", after / len(truths),
+        log.info("rule %s: solve rate %s -> %.4f (threshold %.4f, relative %.3f)", name,
+                 "-" if name not in before else f"{before[name] / len(truths):.4f}", after / len(truths),
                  entry["threshold"], entry["relative"])  # fmt: skip
     current = decision["rule"]
     if rule is not None and rule not in report["rules"]:
@@ -210,10 +210,8 @@ def recalibrate(
     return report
 
 
-def _fit(
-    scores: list[np.ndarray], truths: list[np.ndarray], old: RuleParams, keep_threshold: bool
-) -> tuple[RuleParams, int]:
-    """One rule's new parameters on these scores, and how many grids they solve."""
+def _fit(scores: list[np.ndarray], truths: list[np.ndarray], old: RuleParams, keep_threshold: bool) -> tuple[dict, int]:
+    """One rule's new parameters on these scores (its manifest entry), and how many grids they solve."""
     if keep_threshold:
         counts = [count_solved(scores, truths, _with(old, old.threshold, float(r))) for r in RELATIVE_STEPS]
         best = int(np.argmax(counts))  # first maximum: the smallest relative
@@ -221,7 +219,7 @@ def _fit(
     else:
         threshold, relative, _ = fit_rule(scores, truths)
         new = _with(old, threshold, relative)
-    return new, count_solved(scores, truths, new)
+    return new.to_dict(), count_solved(scores, truths, new)
 
 
 def _with(params: RuleParams, threshold: float, relative: float) -> RuleParams:
