@@ -5,10 +5,11 @@ moves both alike.
     python benchmarks/ab.py grid --grids DIR [--count 200]     # default grid bundle with vs without word pictures
     python benchmarks/ab.py rule --grids DIR [--count 200]     # default grid bundle, context rule vs margin rule
     python benchmarks/ab.py split --grids DIR [--count 200]    # cutting a grid: split_grid vs guess + split_cells
+    python benchmarks/ab.py blas --grids DIR [--count 200]     # default grid bundle, numpy's BLAS on 1 thread vs as is
 
 ``ocr``: one image one thread (median ms) and batched throughput (2 workers, img/s) on 2,000 captcha-library images
 (4 chars a-z0-9, seed 9001). ``grid``: per 9-cell grid from PNG bytes, the two solvers alternating grid by grid, on
-1 and 2 threads; ``rule`` likewise. ``split``: the layout guess and the cut of decoded grids, in one scan
+1 and 2 threads; ``rule`` and ``blas`` likewise. ``split``: the layout guess and the cut of decoded grids, in one scan
 (``split_grid``, what the solver does) vs two (``guess_layout`` then ``split_cells``). Writes
 benchmarks/results/ab-<what>.json.
 """
@@ -84,6 +85,32 @@ def rule_ab(grids: Path, count: int, tmp: Path) -> dict:
                       grids, count)  # fmt: skip
 
 
+def blas_ab(grids: Path, count: int, tmp: Path) -> dict:
+    """The default solver with numpy's BLAS on one thread vs as configured, in alternating blocks of ``count`` grids
+    (not grid by grid: a BLAS pool left spinning by one variant would slow the other's next grid)."""
+    root, rows = read_grid_manifest(grids)
+    payloads = [((root / r["image"]).read_bytes(), r["prompt"]) for r in rows if r.get("layout") == "3x3"][:count]
+    limits = {"BLAS on 1 thread": 1, "BLAS as is": None}
+    result = {"grids": len(payloads), "blocks": 3, "threads": {}}
+    for threads in (1, 2):
+        solver = GridSolver(ClipModel(load_bundle("default", "grid"), threads=threads))
+        for data, prompt in payloads:  # warm-up; fills the prompt caches
+            solver.solve(prompt, image=data, layout="3x3")
+        times: dict[str, list[float]] = {name: [] for name in limits}
+        for _ in range(result["blocks"]):
+            for name, limit in limits.items():
+                solver.blas_threads = limit
+                for data, prompt in payloads:
+                    started = time.perf_counter()
+                    solver.solve(prompt, image=data, layout="3x3")
+                    times[name].append((time.perf_counter() - started) * 1000)
+        result["threads"][threads] = {name: {"median_ms": statistics.median(t), "p95_ms": float(np.percentile(t, 95))}
+                                      for name, t in times.items()}  # fmt: skip
+        for name, row in result["threads"][threads].items():
+            print(f"{threads} thread(s), {name:16s}: median {row['median_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms")
+    return result
+
+
 def solvers_ab(models: dict[str, str], grids: Path, count: int) -> dict:
     """Median / p95 ms per 9-cell grid of each grid bundle in ``models``, alternating grid by grid."""
     root, rows = read_grid_manifest(grids)
@@ -129,7 +156,7 @@ def split_ab(grids: Path, count: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("ocr", "grid", "rule", "split"))
+    parser.add_argument("what", choices=("ocr", "grid", "rule", "split", "blas"))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--grids", type=Path, help="grid: held-out grids (manifest.jsonl), as benchmarks/grid.py")
     parser.add_argument("--count", type=int, default=200)
@@ -139,8 +166,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.what == "ocr":
             result = ocr_ab(args.rounds, Path(tmp))
-        elif args.what in ("grid", "rule"):
-            result = (grid_ab if args.what == "grid" else rule_ab)(args.grids, args.count, Path(tmp))
+        elif args.what in ("grid", "rule", "blas"):
+            result = {"grid": grid_ab, "rule": rule_ab, "blas": blas_ab}[args.what](args.grids, args.count, Path(tmp))
         else:
             result = split_ab(args.grids, args.count)
     out = RESULTS / f"ab-{args.what}.json"

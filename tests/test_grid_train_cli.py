@@ -226,6 +226,22 @@ def test_fine_tune_from_a_bundle(tiny_grid_bundle: Path, tiny_grid_dataset: Path
     assert (run / "vocab.txt").read_text() == (tiny_grid_bundle / "vocab.txt").read_text()
 
 
+def test_fine_tune_from_a_bundle_at_another_input_size(tiny_grid_bundle: Path, tiny_grid_dataset: Path, tmp_path: Path):
+    run, bundle = tmp_path / "ft40", tmp_path / "ft40-bundle"
+    run_cli("grid", "train", str(tiny_grid_dataset), "--out", str(run), "--init", str(tiny_grid_bundle),
+            "--image-size", "40", "--epochs", "1", "--batch-size", "32", "--freeze-vision", "--warmup", "1")  # fmt: skip
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert state["config"]["image_size"] == 40
+    from safetensors.torch import load_file
+
+    shipped = load_file(str(tiny_grid_bundle / "weights.safetensors"))
+    trunk = [n for n in state["state_dict"] if n.startswith("visual.") and state["state_dict"][n].is_floating_point()]
+    assert trunk and all(torch.equal(state["state_dict"][n].half(), shipped[n]) for n in trunk)  # same weights
+    run_cli("grid", "export", str(run), "--out", str(bundle))
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["image"]["preprocess"]["size"] == 40
+
+
 def test_resume_after_kill_9_keeps_finished_steps(tiny_grid_dataset: Path, tmp_path: Path):
     run = tmp_path / "run"
     args = ["grid", "train", str(tiny_grid_dataset), "--out", str(run), "--init", "scratch", "--epochs", "40",

@@ -35,7 +35,9 @@ def train(
     resume: str | None = typer.Option(None, help="Continue from a run folder or a .pt checkpoint."),
     reset_optimizer: bool = typer.Option(False, "--reset-optimizer", help="With --resume: weights only."),
     vocab: Path | None = typer.Option(None, help="vocab.txt for --init cn-clip:PATH (Chinese-CLIP's BERT vocab)."),
-    image_size: int | None = typer.Option(None, help="Input size of a new gridclip model [default: 64]."),
+    image_size: int | None = typer.Option(
+        None, help="Input size of a gridclip model, new or fine-tuned from a bundle [default: 64, or the bundle's]."
+    ),
     model_config: str | None = typer.Option(None, help='JSON fields for a new gridclip, e.g. {"trunk_blocks": 8}.'),
     max_minutes: float | None = typer.Option(None, help="Stop after this much training time."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),

@@ -12,6 +12,7 @@ from PIL import Image
 
 from captchalab.errors import CaptchalabError
 from captchalab.imaging import ImageInput, load_image
+from captchalab.runtime.blas import blas_threads
 from captchalab.runtime.clip import ClipModel, load_clip
 from captchalab.runtime.grid_pictures import WordPictures, blend, picture_columns
 from captchalab.runtime.grid_rules import ALL_RULES, ContextModel, RuleParams, pick, rule_scores
@@ -46,8 +47,9 @@ def parse_layout(layout: str) -> tuple[int, int] | None:
 class GridSolver:
     """One loaded bundle; ``solve`` may be called from many threads."""
 
-    def __init__(self, model: ClipModel) -> None:
+    def __init__(self, model: ClipModel, blas_threads: int | None = 1) -> None:
         self.model = model
+        self.blas_threads = blas_threads  # numpy's BLAS threads in solve (runtime.blas; None leaves numpy as it is)
         manifest = model.bundle.manifest
         decision = manifest["decision"]
         self.rule = decision["rule"]
@@ -98,11 +100,12 @@ class GridSolver:
         if not known:
             log.warning("the model has not seen the word %r in training; the answer is a guess", text)
             rule = "threshold"  # margin/softmax compare against known words, which says little about a new one
-        similarity, other = self.similarities(self.model.embed_images(pictures), text, rule != "threshold")
-        if rule == "context" and other.shape[1] < 2:
-            rule = "margin"  # a bundle of three words or fewer: no context to speak of
-        scores = rule_scores(rule, similarity, other, self.model.logit_scale, self.context)
-        picked, probabilities, unsure = pick(scores, self.rules[rule], self.unsure_band)
+        with blas_threads(self.blas_threads):
+            similarity, other = self.similarities(self.model.embed_images(pictures), text, rule != "threshold")
+            if rule == "context" and other.shape[1] < 2:
+                rule = "margin"  # a bundle of three words or fewer: no context to speak of
+            scores = rule_scores(rule, similarity, other, self.model.logit_scale, self.context)
+            picked, probabilities, unsure = pick(scores, self.rules[rule], self.unsure_band)
         return GridAnswer(
             prompt=text,
             layout=layout_name,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,9 +89,9 @@ def _init_model(opts: GridTrainOptions, texts: list[str]) -> _Model:
     if init == "default":
         from captchalab.runtime.bundle import default_bundle_path
 
-        return _from_bundle(default_bundle_path("grid"))
+        return _with_image_size(_from_bundle(default_bundle_path("grid")), opts)
     if (Path(init) / "manifest.json").is_file():
-        return _from_bundle(Path(init))
+        return _with_image_size(_from_bundle(Path(init)), opts)
     if init.startswith("cn-clip:"):
         from captchalab.models.cnclip import load_cn_clip_checkpoint
 
@@ -114,6 +114,18 @@ def _init_model(opts: GridTrainOptions, texts: list[str]) -> _Model:
     if len(vocab) != vocab_size(net):
         raise CaptchalabError(f"vocab has {len(vocab)} tokens but the model's text tower expects {vocab_size(net)}")
     return _Model(net, vocab, clip_preprocess(net), opts.context_length or context_length(net))
+
+
+def _with_image_size(model: _Model, opts: GridTrainOptions) -> _Model:
+    """``--image-size`` on a gridclip being fine-tuned: the trunk is convolutional and mean-pooled, so the same weights
+    take another input size; only the preprocessing (and the size recorded with the model) changes."""
+    size = opts.model.get("image_size")
+    if size is None or size == getattr(model.net.config, "image_size", None):
+        return model
+    if not isinstance(model.net, GridClip):
+        raise CaptchalabError("--image-size applies to gridclip models only (Chinese-CLIP towers have a fixed size)")
+    model.net.config = replace(model.net.config, image_size=int(size))
+    return _Model(model.net, model.vocab, clip_preprocess(model.net), model.context_length)
 
 
 def _from_bundle(bundle_dir: Path) -> _Model:
