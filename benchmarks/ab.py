@@ -85,11 +85,25 @@ def rule_ab(grids: Path, count: int, tmp: Path) -> dict:
                       grids, count)  # fmt: skip
 
 
+def nine_cell_payloads(grids: Path, count: int) -> list[tuple[bytes, str]]:
+    """(PNG bytes, prompt) of the first ``count`` 3x3 grids."""
+    root, rows = read_grid_manifest(grids)
+    return [((root / r["image"]).read_bytes(), r["prompt"]) for r in rows if r.get("layout") == "3x3"][:count]
+
+
+def summarise(times: dict[str, list[float]], threads: int) -> dict[str, dict[str, float]]:
+    """Median / p95 ms of each variant's solves, printed one line each."""
+    rows = {name: {"median_ms": statistics.median(t), "p95_ms": float(np.percentile(t, 95))}
+            for name, t in times.items()}  # fmt: skip
+    for name, row in rows.items():
+        print(f"{threads} thread(s), {name:16s}: median {row['median_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms")
+    return rows
+
+
 def blas_ab(grids: Path, count: int, tmp: Path) -> dict:
     """The default solver with numpy's BLAS on one thread vs as configured, in alternating blocks of ``count`` grids
     (not grid by grid: a BLAS pool left spinning by one variant would slow the other's next grid)."""
-    root, rows = read_grid_manifest(grids)
-    payloads = [((root / r["image"]).read_bytes(), r["prompt"]) for r in rows if r.get("layout") == "3x3"][:count]
+    payloads = nine_cell_payloads(grids, count)
     limits = {"BLAS on 1 thread": 1, "BLAS as is": None}
     result = {"grids": len(payloads), "blocks": 3, "threads": {}}
     for threads in (1, 2):
@@ -104,17 +118,13 @@ def blas_ab(grids: Path, count: int, tmp: Path) -> dict:
                     started = time.perf_counter()
                     solver.solve(prompt, image=data, layout="3x3")
                     times[name].append((time.perf_counter() - started) * 1000)
-        result["threads"][threads] = {name: {"median_ms": statistics.median(t), "p95_ms": float(np.percentile(t, 95))}
-                                      for name, t in times.items()}  # fmt: skip
-        for name, row in result["threads"][threads].items():
-            print(f"{threads} thread(s), {name:16s}: median {row['median_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms")
+        result["threads"][threads] = summarise(times, threads)
     return result
 
 
 def solvers_ab(models: dict[str, str], grids: Path, count: int) -> dict:
     """Median / p95 ms per 9-cell grid of each grid bundle in ``models``, alternating grid by grid."""
-    root, rows = read_grid_manifest(grids)
-    payloads = [((root / r["image"]).read_bytes(), r["prompt"]) for r in rows if r.get("layout") == "3x3"][:count]
+    payloads = nine_cell_payloads(grids, count)
     result = {"grids": len(payloads), "threads": {}}
     for threads in (1, 2):
         solvers = {name: GridSolver(ClipModel(load_bundle(m, "grid"), threads=threads)) for name, m in models.items()}
@@ -127,10 +137,7 @@ def solvers_ab(models: dict[str, str], grids: Path, count: int) -> dict:
                 started = time.perf_counter()
                 solver.solve(prompt, image=data, layout="3x3")
                 times[name].append((time.perf_counter() - started) * 1000)
-        result["threads"][threads] = {name: {"median_ms": statistics.median(t), "p95_ms": float(np.percentile(t, 95))}
-                                      for name, t in times.items()}  # fmt: skip
-        for name, row in result["threads"][threads].items():
-            print(f"{threads} thread(s), {name:16s}: median {row['median_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms")
+        result["threads"][threads] = summarise(times, threads)
     return result
 
 
