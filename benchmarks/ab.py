@@ -11,7 +11,7 @@ moves both alike.
 (4 chars a-z0-9, seed 9001). ``grid``: per 9-cell grid from PNG bytes, the two solvers alternating grid by grid, on
 1 and 2 threads; ``rule`` and ``blas`` likewise. ``split``: the layout guess and the cut of decoded grids, in one scan
 (``split_grid``, what the solver does) vs two (``guess_layout`` then ``split_cells``). Writes
-benchmarks/results/ab-<what>.json.
+benchmarks/results/ab-<what>.json, or ``--out`` (e.g. to keep a run made while the machine was busy).
 """
 
 from __future__ import annotations
@@ -167,6 +167,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--grids", type=Path, help="grid: held-out grids (manifest.jsonl), as benchmarks/grid.py")
     parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/ab-<what>.json)")
     args = parser.parse_args()
     if args.what != "ocr" and not args.grids:
         parser.error(f"{args.what} needs --grids")
@@ -177,7 +178,7 @@ def main() -> None:
             result = {"grid": grid_ab, "rule": rule_ab, "blas": blas_ab}[args.what](args.grids, args.count, Path(tmp))
         else:
             result = split_ab(args.grids, args.count)
-    out = RESULTS / f"ab-{args.what}.json"
+    out = args.out or RESULTS / f"ab-{args.what}.json"
     out.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
     print(f"wrote {out}")
 
