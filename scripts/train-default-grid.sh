@@ -54,7 +54,8 @@ $cl grid cells "$DATA/cells-pictures-v3" --per-word 64 --seed 31 --split train -
 $cl grid calibrate "$RUNS/final/grid-v4-cal" "$DATA/openmoji-calib" --out "$RUNS/final/grid-v4-pictures" \
     --pictures "$DATA/cells-pictures-v3"
 
-# context rule: a logistic model of each cell's margin among its grid's cells, fitted on the OpenMoji grids and on
+# context rule: a logistic model of each cell's margin among its grid's cells and of its likeness to the most alike
+# other cell (runtime.grid_rules.CONTEXT_FEATURES), fitted on the OpenMoji grids and on
 # as many grids of the training designs freshly rendered (seed 702; the benchmark's seen-design set is seed 700), so
 # that it holds both on a new style and on the known ones; made the bundle's rule (chosen on the dev grids, seed 600)
 $cl grid generate "$DATA/seen-calib" --count 600 --split train --seed 702 --styles $NINE

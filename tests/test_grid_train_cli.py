@@ -229,7 +229,8 @@ def test_fine_tune_from_a_bundle(tiny_grid_bundle: Path, tiny_grid_dataset: Path
 def test_fine_tune_from_a_bundle_at_another_input_size(tiny_grid_bundle: Path, tiny_grid_dataset: Path, tmp_path: Path):
     run, bundle = tmp_path / "ft40", tmp_path / "ft40-bundle"
     run_cli("grid", "train", str(tiny_grid_dataset), "--out", str(run), "--init", str(tiny_grid_bundle),
-            "--image-size", "40", "--epochs", "1", "--batch-size", "32", "--freeze-vision", "--warmup", "1")  # fmt: skip
+            "--image-size", "40", "--epochs", "1", "--batch-size", "32", "--freeze-vision",
+            "--warmup", "1")  # fmt: skip
     state = torch.load(run / "last.pt", weights_only=False)
     assert state["config"]["image_size"] == 40
     from safetensors.torch import load_file

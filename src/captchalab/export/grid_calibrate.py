@@ -187,21 +187,21 @@ def calibrate(
     related = related or {}
     grids = simulate_grids(texts, count, seed, related)
     words = sorted(text_vectors)
-    inputs = []  # per grid: similarity of its cells to the prompt (N,) and to the other words (N, K)
+    inputs = []  # per grid: similarity of its cells to the prompt (N,), to the other words (N, K); cells (N, D)
     for prompt, rows in zip(grids.prompts, grids.cells, strict=True):
         banned = {prompt, *related.get(prompt, [])}
         others = np.stack([text_vectors[w] for w in words if w not in banned])
         cells = image_vectors[rows]
-        inputs.append((cells @ text_vectors[prompt], cells @ others.T))
+        inputs.append((cells @ text_vectors[prompt], cells @ others.T, cells))
     rules: dict[str, dict] = {}
     for rule in RULES:
-        all_scores = [rule_scores(rule, similarity, other, logit_scale) for similarity, other in inputs]
+        all_scores = [rule_scores(rule, similarity, other, logit_scale) for similarity, other, _ in inputs]
         # in-distribution grids say nothing about style shift: ``relative`` stays 0 here (see ``grid calibrate``)
         threshold, _, solved = fit_rule(all_scores, grids.truth, np.zeros(1))
         slope = fit_slope(np.concatenate(all_scores), np.concatenate(grids.truth), threshold)
         rules[rule] = RuleParams(float(threshold), float(slope), solved / len(grids.prompts)).to_dict()
         log.info("rule %s: threshold %.4f, simulated validation grids solved %.4f", rule, threshold, solved / count)
-    rules["context"], solved = context_rule([context_features(s, o) for s, o in inputs], grids.truth)
+    rules["context"], solved = context_rule([context_features(*grid) for grid in inputs], grids.truth)
     log.info("rule context: simulated validation grids solved %.4f", solved / count)
     best = max(rules, key=lambda r: (rules[r]["valid_solve_rate"], r != "context"))  # ties: the simpler rule
     return {"rule": best, "rules": rules, "unsure_band": 0.3, "calibration": {"grids": count, "cells": len(texts)}}

@@ -91,9 +91,10 @@ def score_grids(
     bundle has one)."""
     rules = RULES + (("context",) if solver.context is not None else ())
     scores: dict[str, list[np.ndarray]] = {rule: [] for rule in rules}
-    for similarity, other in grid_similarities(solver, embedded, picture_weight):
+    inputs = grid_similarities(solver, embedded, picture_weight)
+    for (similarity, other), (_, cells) in zip(inputs, embedded, strict=True):
         for rule in rules:
-            scores[rule].append(rule_scores(rule, similarity, other, solver.model.logit_scale, solver.context))
+            scores[rule].append(rule_scores(rule, similarity, other, solver.model.logit_scale, solver.context, cells))
     return scores
 
 
@@ -177,7 +178,8 @@ def recalibrate(
         fitted = {name: _fit([rule_scores(name, s, o, scale) for s, o in inputs], truths, old[name], keep_threshold)
                   for name in RULES}  # fmt: skip
         if not keep_threshold:  # a new context model, as the thresholds: fitted on these grids
-            fitted["context"] = context_rule([context_features(s, o) for s, o in inputs], truths)
+            features = [context_features(s, o, cells) for (s, o), (_, cells) in zip(inputs, embedded, strict=True)]
+            fitted["context"] = context_rule(features, truths)
         elif "context" in before:  # its model has no threshold to keep apart: kept whole
             fitted["context"] = (decision["rules"]["context"], before["context"])
         solved = max(count for _, count in fitted.values())

@@ -101,10 +101,11 @@ class GridSolver:
             log.warning("the model has not seen the word %r in training; the answer is a guess", text)
             rule = "threshold"  # margin/softmax compare against known words, which says little about a new one
         with blas_threads(self.blas_threads):
-            similarity, other = self.similarities(self.model.embed_images(pictures), text, rule != "threshold")
+            vectors = self.model.embed_images(pictures)  # (N, D), unit length
+            similarity, other = self.similarities(vectors, text, rule != "threshold")
             if rule == "context" and other.shape[1] < 2:
                 rule = "margin"  # a bundle of three words or fewer: no context to speak of
-            scores = rule_scores(rule, similarity, other, self.model.logit_scale, self.context)
+            scores = rule_scores(rule, similarity, other, self.model.logit_scale, self.context, vectors)
             picked, probabilities, unsure = pick(scores, self.rules[rule], self.unsure_band)
         return GridAnswer(
             prompt=text,

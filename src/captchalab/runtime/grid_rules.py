@@ -9,9 +9,11 @@ export time, to maximise the whole-grid solve rate; they live in the bundle mani
 - ``softmax`` (the reference article's rule): softmax of logit_scale * cosine over the prompt and every other known
   word (the article's "dummy texts"); the score is the prompt's share.
 - ``context``: a logistic model of each cell's margin seen in its grid (its gap to the grid's best cell and to its
-  neighbours in the ranking, its rank, ...; ``CONTEXT_FEATURES``); the score is the log-odds of a match and the
-  threshold 0. Fitted at export and again on labelled grids by ``grid calibrate``: it depends on where a cell stands
-  among the others more than on the level of its score, which shifts with the art style.
+  neighbours in the ranking, its rank, ...) and of how closely its picture resembles another cell's
+  (``CONTEXT_FEATURES``); the score is the log-odds of a match and the threshold 0. Fitted at export and again on
+  labelled grids by ``grid calibrate``: it depends on where a cell stands among the others more than on the level of
+  its score, which shifts with the art style. The resemblance counts because a grid's other cells show other words,
+  one each, while its matching cells show one thing: two cells that look alike are most likely both matches.
 
 Every rule may also pick cells scoring within ``relative`` of the grid's best cell. A grid always has a match, and
 on pictures unlike the training data (a new art style) the matching cells' scores fall together, below a threshold
@@ -28,8 +30,10 @@ import numpy as np
 RULES = ("threshold", "margin", "softmax")  # rules of one score per cell with a fitted threshold
 LEARNED_RULES = ("context",)  # rules with a fitted model of the cell in its grid (threshold 0 on its log-odds)
 ALL_RULES = RULES + LEARNED_RULES
+PEER_KNOTS = (0.4, 0.6, 0.8)  # the peer cosine enters piecewise linearly: being alike counts more when close
 CONTEXT_FEATURES = ("margin", "margin_below_best", "similarity", "similarity_below_best", "margin_z", "gap_below",
-                    "gap_above", "is_best", "in_top4", "nine_cells", "other_words_gap")  # fmt: skip
+                    "gap_above", "is_best", "in_top4", "nine_cells", "other_words_gap",
+                    "peer", *(f"peer_above_{knot}" for knot in PEER_KNOTS))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -56,35 +60,51 @@ class RuleParams:
 
 @dataclass(frozen=True)
 class ContextModel:
-    """Logistic regression over ``context_features``: log-odds = ((x - mean) / scale) @ weights + bias."""
+    """Logistic regression over some of the ``context_features`` (``features``, by default all of them):
+    log-odds = ((x - mean) / scale) @ weights + bias. Bundles fitted before a feature was added keep working."""
 
     mean: np.ndarray  # (F,)
     scale: np.ndarray  # (F,)
     weights: np.ndarray  # (F,)
     bias: float
+    features: tuple[str, ...] = CONTEXT_FEATURES
 
     def log_odds(self, features: np.ndarray) -> np.ndarray:
-        """(N, F) -> (N,)."""
+        """(N, len(CONTEXT_FEATURES)) as ``context_features`` gives them -> (N,)."""
+        if self.features != CONTEXT_FEATURES:
+            features = features[:, [CONTEXT_FEATURES.index(name) for name in self.features]]
         return (features - self.mean) / self.scale @ self.weights + self.bias
 
     def to_dict(self) -> dict:
-        return {"features": list(CONTEXT_FEATURES), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
+        return {"features": list(self.features), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
                 "weights": self.weights.tolist(), "bias": self.bias}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict) -> ContextModel:
-        if tuple(data.get("features", ())) != CONTEXT_FEATURES:
+        features = tuple(data.get("features", ()))
+        unknown = [name for name in features if name not in CONTEXT_FEATURES]
+        if not features or unknown or len(set(features)) != len(features):
             raise ValueError(f"context model of other features ({data.get('features')}); this version computes "
                              f"{', '.join(CONTEXT_FEATURES)}")  # fmt: skip
         arrays = [np.asarray(data[key], dtype=np.float64) for key in ("mean", "scale", "weights")]
-        if any(a.shape != (len(CONTEXT_FEATURES),) for a in arrays):
+        if any(a.shape != (len(features),) for a in arrays):
             raise ValueError("context model: mean, scale and weights need one value per feature")
-        return cls(*arrays, float(data["bias"]))
+        return cls(*arrays, float(data["bias"]), features)
 
 
-def context_features(similarity: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """A grid's similarities to the prompt (N,) and to the other known words (N, K >= 2) -> (N, F) features of each
-    cell among the grid's cells (``CONTEXT_FEATURES``; the margin is similarity - best other word)."""
+def peer_similarity(cells: np.ndarray) -> np.ndarray:
+    """Unit cell vectors (N, D) -> (N,) each cell's cosine to the cell most like it (0 for a lone cell)."""
+    if len(cells) < 2:
+        return np.zeros(len(cells))
+    gram = cells @ cells.T
+    np.fill_diagonal(gram, -np.inf)
+    return gram.max(axis=1)
+
+
+def context_features(similarity: np.ndarray, other: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """A grid's similarities to the prompt (N,) and to the other known words (N, K >= 2), and its unit cell vectors
+    (N, D) -> (N, F) features of each cell among the grid's cells (``CONTEXT_FEATURES``; the margin is similarity -
+    best other word; the peer is the cosine to the most alike other cell)."""
     top2 = np.partition(other, other.shape[1] - 2, axis=1)[:, -2:]  # (N, 2): second best, best
     best_other, second_other = top2.max(axis=1), top2.min(axis=1)
     margin = similarity - best_other
@@ -107,18 +127,25 @@ def context_features(similarity: np.ndarray, other: np.ndarray) -> np.ndarray:
         np.full(len(margin), len(margin) == 9),
         best_other - second_other,
     ]
+    peer = peer_similarity(cells)
+    columns += [peer, *(np.maximum(peer - knot, 0.0) for knot in PEER_KNOTS)]
     return np.stack(columns, axis=1).astype(np.float64)
 
 
 def rule_scores(
-    rule: str, similarity: np.ndarray, other: np.ndarray, logit_scale: float, context: ContextModel | None = None
+    rule: str,
+    similarity: np.ndarray,
+    other: np.ndarray,
+    logit_scale: float,
+    context: ContextModel | None = None,
+    cells: np.ndarray | None = None,
 ) -> np.ndarray:
     """A cell's similarity to the prompt (N,) and to every other known word (N, K) -> (N,) scores of ``rule``
-    (``context``: the fitted model of the ``context`` rule)."""
+    (``context``: the fitted model of the ``context`` rule, which also needs the unit cell vectors ``cells`` (N, D))."""
     if rule == "context":
-        if context is None or other.shape[1] < 2:
-            raise ValueError("the context rule needs its fitted model and at least two other known words")
-        return context.log_odds(context_features(similarity, other))
+        if context is None or cells is None or other.shape[1] < 2:
+            raise ValueError("the context rule needs its fitted model, the cell vectors and two other known words")
+        return context.log_odds(context_features(similarity, other, cells))
     if rule == "threshold" or other.shape[1] == 0:
         return similarity
     if rule == "margin":
