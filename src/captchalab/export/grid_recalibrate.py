@@ -77,11 +77,12 @@ def _folders(grids: str | Path | Sequence[str | Path]) -> list[str | Path]:
     return [grids] if isinstance(grids, (str, os.PathLike)) else list(grids)
 
 
-def grid_similarities(
+def grid_inputs(
     solver: GridSolver, embedded: list[tuple[str, np.ndarray]], picture_weight: float | None = None
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per embedded grid, its cells' similarity to the prompt (N,) and to the other known words (N, K)."""
-    return [solver.similarities(vectors, text, picture_weight=picture_weight) for text, vectors in embedded]
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per embedded grid, what its rules score: its cells' similarity to the prompt (N,), to the other known words
+    (N, K), and the cell vectors (N, D)."""
+    return [(*solver.similarities(vectors, text, picture_weight=picture_weight), vectors) for text, vectors in embedded]
 
 
 def score_grids(
@@ -91,8 +92,7 @@ def score_grids(
     bundle has one)."""
     rules = RULES + (("context",) if solver.context is not None else ())
     scores: dict[str, list[np.ndarray]] = {rule: [] for rule in rules}
-    inputs = grid_similarities(solver, embedded, picture_weight)
-    for (similarity, other), (_, cells) in zip(inputs, embedded, strict=True):
+    for similarity, other, cells in grid_inputs(solver, embedded, picture_weight):
         for rule in rules:
             scores[rule].append(rule_scores(rule, similarity, other, solver.model.logit_scale, solver.context, cells))
     return scores
@@ -173,13 +173,12 @@ def recalibrate(
     best: tuple[int, float, dict] | None = None
     scale = solver.model.logit_scale
     for weight in weights:
-        inputs = grid_similarities(solver, embedded, weight)
+        inputs = grid_inputs(solver, embedded, weight)
         # per rule: (its manifest entry, grids solved)
-        fitted = {name: _fit([rule_scores(name, s, o, scale) for s, o in inputs], truths, old[name], keep_threshold)
+        fitted = {name: _fit([rule_scores(name, s, o, scale) for s, o, _ in inputs], truths, old[name], keep_threshold)
                   for name in RULES}  # fmt: skip
         if not keep_threshold:  # a new context model, as the thresholds: fitted on these grids
-            features = [context_features(s, o, cells) for (s, o), (_, cells) in zip(inputs, embedded, strict=True)]
-            fitted["context"] = context_rule(features, truths)
+            fitted["context"] = context_rule([context_features(*grid) for grid in inputs], truths)
         elif "context" in before:  # its model has no threshold to keep apart: kept whole
             fitted["context"] = (decision["rules"]["context"], before["context"])
         solved = max(count for _, count in fitted.values())
