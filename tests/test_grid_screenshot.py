@@ -176,6 +176,22 @@ def test_uniform_lines_matches_the_plain_definition() -> None:
     assert uniform_lines(pixels, 0)[10] and not uniform_lines(pixels, 0)[11]
 
 
+def test_split_cells_with_a_flat_band_of_cells_at_the_border() -> None:
+    """The last row's three cells share a flat background at their bottom (a generated grid did this): a wide
+    gutter-free 'border' of those lines removes more lines than the real 3-px gutters, but leaves them inside cells;
+    the fit that keeps no gutter inside a cell wins, for the split and for the layout guess."""
+    grid, boxes, _ = render_grid(3, 3, cell=(100, 100), gutter=3, border=0, gutter_colour=(230, 230, 230), seed=8)
+    pixels = np.asarray(grid).copy()
+    for left, _, right, bottom in boxes[6:]:  # the bottom 10 lines of the last row's cells: one flat lilac
+        pixels[bottom - 10 : bottom, left:right] = (180, 160, 230)
+    grid = Image.fromarray(pixels)
+    for box, expected in zip(cell_boxes(grid, 3, 3), boxes):
+        assert_close(box, expected, 0)
+    assert guess_layout(grid) == (3, 3)
+    with pytest.raises(CaptchalabError, match="does not divide into 2x3"):
+        split_cells(grid, 2, 3)
+
+
 def test_split_cells_refuses_unequal_cells() -> None:
     grid, _, _ = render_grid(1, 3, cell=(80, 80), gutter=6, border=0, seed=9)
     wide = Image.new("RGB", (grid.width + 30, grid.height), "white")  # the middle cell 30 px wider

@@ -90,9 +90,9 @@ def fit_axis(uniform: np.ndarray, n: int) -> AxisFit:
     """Fit ``n`` equal cells to one axis given its uniform-line mask.
 
     Among borders ``t``, ``b`` and gutter ``g`` (each at most ``max_separator``) whose lines are all uniform, take the
-    one that removes the most lines (ties: the most symmetric borders). A gutter-free split always fits (raises only
-    when cells would be under 4 px); ``conflict`` reports a gutter-like run that the fit left inside a cell (a
-    layout mismatch).
+    one that removes the most lines (ties: the most symmetric borders), unless it leaves a gutter-like run inside a
+    cell and another gutter width does not. A gutter-free split always fits (raises only when cells would be under
+    4 px); ``conflict`` reports a gutter-like run that the fit left inside a cell (a layout mismatch).
     """
     length = len(uniform)
     limit = max_separator(length, n)
@@ -116,9 +116,20 @@ def fit_axis(uniform: np.ndarray, n: int) -> AxisFit:
     # Most lines removed first, then the most symmetric borders; ties go to the narrowest gutter (argmax takes the
     # first), the fewest top lines. |t - b| <= limit < 2 * (limit + 1), so the score orders exactly that way.
     score = np.where(ok, (t + b + (n - 1) * g) * (limit + 1) * 2 - np.abs(t - b), -1)
-    best = np.unravel_index(int(np.argmax(score)), score.shape)
-    fit = AxisFit(n, int(t[best]), int(g[best]), int(b[best]), float(cell[best]), None)
-    return AxisFit(fit.n, fit.start, fit.gutter, fit.end_trim, fit.cell, _conflict(uniform, fit))
+    # The best fit of each gutter width (axis 0 of the grids), best first. A lower-scoring width can be the right
+    # one: a flat band of picture content next to the border (say, three cells sharing a background) makes a wide
+    # border without gutters remove more lines than the real 3-px gutters, and leaves those gutters inside cells.
+    per_gutter = score.reshape(len(score), -1)
+    widths = [int(w) for w in np.argsort(-per_gutter.max(axis=1), kind="stable") if per_gutter[w].max() >= 0]
+    first = None
+    for width in widths:
+        t_i, b_i = np.unravel_index(int(np.argmax(per_gutter[width])), score.shape[1:])
+        fit = AxisFit(n, int(t_i), width, int(b_i), float(cell[width, t_i, b_i]), None)
+        fit = AxisFit(fit.n, fit.start, fit.gutter, fit.end_trim, fit.cell, _conflict(uniform, fit))
+        if fit.conflict is None:
+            return fit
+        first = first or fit
+    return first
 
 
 def _conflict(uniform: np.ndarray, fit: AxisFit) -> tuple[int, int] | None:
