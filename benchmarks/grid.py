@@ -2,10 +2,13 @@
 zero-shot vs fine-tuned on a style the default never saw, and latency per 9-cell grid on 1 and 2 threads.
 
     python benchmarks/grid.py [--model default] [--grids DIR] [--new-style-grids DIR --finetuned BUNDLE]
-                              [--seen-design-grids DIR] [--out benchmarks/results/grid.json]
+                              [--seen-design-grids DIR] [--distinct-grids DIR...] [--out benchmarks/results/grid.json]
 
 Without --grids it generates 1,000 grids (half 2x3, half 3x3) from each word's held-out icon style with seed 500:
 cell images never seen in training, words seen. Needs the icon library (python scripts/build_grid_icons.py).
+Those grids repeat one drawing in all their matching cells (a word has one held-out icon); --distinct-grids are
+held-out grids whose matching cells show different drawings, as real grids do (``grid generate --split test
+--add-styles ...`` with designs the model never saw).
 """
 
 from __future__ import annotations
@@ -91,6 +94,8 @@ def main() -> None:
     parser.add_argument("--finetuned", help="the model fine-tuned on that style (zero-shot vs fine-tuned)")
     parser.add_argument("--seen-design-grids", type=Path,
                         help="grids of the training designs, freshly styled (grid generate --split train)")  # fmt: skip
+    parser.add_argument("--distinct-grids", type=Path, nargs="*", default=[],
+                        help="held-out grids whose matching cells show different unseen drawings")  # fmt: skip
     parser.add_argument("--latency-grids", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/grid.json"))
     args = parser.parse_args()
@@ -102,7 +107,7 @@ def main() -> None:
             "manifest_sha256": load_bundle(args.model, "grid").manifest.get("sha256"),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
             "held_out_grids": {
-                "grids": str(args.grids or "generated: --split test --seed 500"),
+                "folder": str(args.grids or "generated: --split test --seed 500"),
                 **accuracy(args.model, grids),
             },  # fmt: skip
             "latency_9_cells": [latency(args.model, grids, t, args.latency_grids) for t in (1, 2)],
@@ -114,12 +119,15 @@ def main() -> None:
                 result["new_style"]["fine_tuned"] = {"model": args.finetuned,
                                                      **accuracy(args.finetuned, args.new_style_grids)}  # fmt: skip
         if args.seen_design_grids:
-            result["seen_designs"] = {"grids": str(args.seen_design_grids),
+            result["seen_designs"] = {"folder": str(args.seen_design_grids),
                                       **accuracy(args.model, args.seen_design_grids)}  # fmt: skip
+        if args.distinct_grids:
+            result["distinct_drawings"] = [{"folder": str(folder), **accuracy(args.model, folder)}
+                                           for folder in args.distinct_grids]  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, ensure_ascii=False, indent=2), encoding="utf-8")
     held = result["held_out_grids"]
-    print(f"held-out grids ({held['grids']}): solve rate {held['solve_rate']:.4f}, cell F1 {held['cell_f1']:.4f}, "
+    print(f"held-out grids ({held['folder']}): solve rate {held['solve_rate']:.4f}, cell F1 {held['cell_f1']:.4f}, "
           f"rule {held['rule']}; ranking alone (k known) {held['ranking_oracle']:.4f}, rule fitted on these grids "
           f"{held['rule_fitted_on_these_grids']:.4f}")  # fmt: skip
     for rule, row in held["by_rule"].items():
@@ -137,6 +145,12 @@ def main() -> None:
     if "seen_designs" in result:
         row = result["seen_designs"]
         print(f"seen designs, new renderings: solve rate {row['solve_rate']:.4f}, cell F1 {row['cell_f1']:.4f}")
+    for row in result.get("distinct_drawings", []):
+        print(
+            f"different unseen drawings ({row['folder']}): solve rate {row['solve_rate']:.4f}, cell F1 "
+            f"{row['cell_f1']:.4f}; by rule "
+            + ", ".join(f"{r} {v['solve_rate']:.4f}" for r, v in row["by_rule"].items())
+        )
     print(f"wrote {args.out}")
 
 

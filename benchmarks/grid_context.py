@@ -7,8 +7,9 @@ The rule is fitted as ``grid calibrate MODEL CALIB... --rule context`` fits it (
 share), then each --eval folder is solved with:
 - ``all_features``: every feature (the shipped rule, when MODEL is the default and CALIB its calibration grids);
 - ``without_likeness``: the same fit without the cell-to-cell likeness features (``peer*``);
-- ``with_extra_calib``: fitted on CALIB plus --extra-calib (another design the model never saw);
-- ``fitted_on_itself``: fitted on the folder itself — what the rule's features could reach with perfect calibration.
+- ``with_extra_calib``: fitted on CALIB plus --extra-calib (e.g. grids of other designs the model never saw);
+- ``fitted_on_itself``: fitted on the folder itself — what the rule's features could reach with perfect calibration;
+- the last two ``..._without_likeness`` too, to tell what the likeness features give once the calibration is right.
 """
 
 from __future__ import annotations
@@ -60,13 +61,16 @@ def main() -> None:
     extra = grid_features(solver, args.extra_calib) if args.extra_calib else None
     models = {"all_features": fit(*calib, CONTEXT_FEATURES), "without_likeness": fit(*calib, WITHOUT_LIKENESS)}
     if extra is not None:
-        models["with_extra_calib"] = fit(calib[0] + extra[0], calib[1] + extra[1], CONTEXT_FEATURES)
+        both = calib[0] + extra[0], calib[1] + extra[1]
+        models["with_extra_calib"] = fit(*both, CONTEXT_FEATURES)
+        models["with_extra_calib_without_likeness"] = fit(*both, WITHOUT_LIKENESS)
     result = {"model": args.model, "calib": [str(f) for f in args.calib],
               "extra_calib": [str(f) for f in args.extra_calib], "eval": {}}  # fmt: skip
     for folder in args.eval:
         features, truths = grid_features(solver, [folder])
         row = {name: solve_rate(model, features, truths) for name, model in models.items()}
-        row["fitted_on_itself"] = solve_rate(fit(features, truths, CONTEXT_FEATURES), features, truths)
+        for suffix, names in (("", CONTEXT_FEATURES), ("_without_likeness", WITHOUT_LIKENESS)):
+            row["fitted_on_itself" + suffix] = solve_rate(fit(features, truths, names), features, truths)
         row["grids"] = len(truths)
         result["eval"][str(folder)] = row
         print(f"{folder}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "grids"))

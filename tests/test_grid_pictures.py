@@ -74,6 +74,19 @@ def test_calibrate_with_pictures_writes_them_fits_the_blend_and_solve_uses_it(
     bad = run_cli("grid", "calibrate", str(out), str(grids), "--out", str(tmp_path / "x"), "--keep-threshold",
                   "--pictures", str(tiny_grid_cells), check=False)  # fmt: skip
     assert bad.returncode == 2 and "do not go together" in bad.stderr_text
+    # a share chosen elsewhere is kept, not fitted; it needs pictures and a value in [0, 1]
+    for share in (0.3, 1.0):
+        fixed = tmp_path / f"share-{share}"
+        result = run_cli("grid", "calibrate", str(out), str(grids), "--out", str(fixed), "--text-share", str(share))
+        assert f"text share {share:.2f}" in result.stdout_text
+        assert json.loads((fixed / "manifest.json").read_text())["decision"]["picture_weight"] == share
+    for args, message in (
+        ([str(out), "--text-share", "1.5"], "between 0 and 1"),
+        ([str(tiny_grid_bundle), "--text-share", "0.5"], "has no word pictures"),
+        ([str(out), "--text-share", "0.5", "--keep-threshold"], "do not go together"),
+    ):
+        bad = run_cli("grid", "calibrate", args[0], str(grids), "--out", str(tmp_path / "y"), *args[1:], check=False)
+        assert bad.returncode == 2 and message in bad.stderr_text and "Traceback" not in bad.stderr_text
 
 
 def test_pictures_of_unknown_words_only_is_one_clear_error(

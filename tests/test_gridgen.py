@@ -144,7 +144,36 @@ def test_styles_and_words_subset(library: Path):
         load_icon_source(library, split="valid")
 
 
+def test_add_styles_gives_each_word_more_drawings(library: Path):
+    words = {w["word"]: w for w in json.loads((library / "words.json").read_text(encoding="utf-8"))["words"]}
+    more = load_icon_source(library, split="test", add_styles=["outline"])
+    assert [lb.text for lb in more.labels] == [lb.text for lb in load_icon_source(library, split="test").labels]
+    for label in more.labels:
+        word = words[label.text]
+        extra = ("outline",) if "outline" in word["styles"] and word["test_style"] != "outline" else ()
+        assert label.styles == (word["test_style"], *extra)
+    flat = load_icon_source(library, styles=["flat"], split="all", add_styles=["outline", "flat"])
+    assert flat.styles == ("flat", "outline")
+    assert all(set(label.styles) <= {"flat", "outline"} for label in flat.labels)
+    with pytest.raises(CaptchalabError, match="unknown style nope"):
+        load_icon_source(library, split="test", add_styles=["nope"])
+
+
 # ------------------------------------------------------------------------------------------------ grids
+def test_matching_cells_show_different_drawings_while_there_are_enough(library: Path):
+    source = load_icon_source(library, split="all")
+    images = {label.text: len(label.images) for label in source.labels}
+    config = GridConfig(source, ("3x3",), cell_size=32, seed=3)
+    short = 0
+    for index in range(80):
+        record = make_grid(config, index)[1]
+        styles = [style for style, text in zip(record["cell_styles"], record["cells"]) if text == record["prompt"]]
+        available = images[record["prompt"]]
+        assert len(set(styles)) == min(available, len(styles))
+        short += 1 < available < len(styles)
+    assert short  # some grids had more matching cells than drawings: each drawing shown before any repeats
+
+
 def test_grids_are_consistent(library: Path):
     source = load_icon_source(library, split="all")
     config = GridConfig(source, ("2x3", "3x3"), cell_size=40, seed=11)
@@ -264,6 +293,8 @@ def test_cli_cells_then_dataset_build_and_grids_from_cells(library: Path, tmp_pa
         (["generate", "{out}", "--count", "2", "--cells", "{tmp}/empty"], "no <label>/ sub-folders"),
         (["generate", "{out}", "--count", "2", "--cells", "{tmp}/nolabel"], "label folder has no images"),
         (["generate", "{out}", "--count", "2", "--cells", "{tmp}/empty", "--styles", "flat"], "not --cells"),
+        (["generate", "{out}", "--count", "2", "--cells", "{tmp}/empty", "--add-styles", "flat"], "not --cells"),
+        (["generate", "{out}", "--count", "2", "--icons", "{lib}", "--add-styles", "nope"], "unknown style nope"),
         (["cells", "{out}", "--per-word", "0", "--icons", "{lib}"], "--per-word must be at least 1"),
         (["cells", "{tmp}/busy", "--per-word", "1", "--icons", "{lib}"], "not empty"),
     ],

@@ -80,12 +80,19 @@ def generate_grids_cmd(
     skip_words: int = typer.Option(
         0, help="Icons: leave out the first N words of that fixed order (a set disjoint from --words N)."
     ),
+    add_styles: str | None = typer.Option(
+        None,
+        help="Icons: give each word its icons in these styles too, whatever --split (e.g. designs a model never saw,"
+        " so that the matching cells of a grid show different drawings).",
+    ),
     workers: int = typer.Option(1, help="Processes; the output is the same for any number."),
 ) -> None:
     """Synthetic picture-grid captchas with their answers (manifest.jsonl)."""
     from captchalab.data.gridgen import GridConfig, generate_grids, parse_layout
 
-    source = _grid_source(icons, cells, styles, split, words, default_split="test", skip_words=skip_words)
+    source = _grid_source(
+        icons, cells, styles, split, words, default_split="test", skip_words=skip_words, add_styles=add_styles
+    )
     config = GridConfig(source, tuple(parse_layout(layout)), cell_size=cell_size, seed=seed)
     summary = generate_grids(out, count, config, workers=workers, command=_command_line())
     layouts = ", ".join(f"{name} {n}" for name, n in summary["layouts"].items())
@@ -125,6 +132,7 @@ def _grid_source(
     words: int | None,
     default_split: str,
     skip_words: int = 0,
+    add_styles: str | None = None,
 ) -> CellSource:
     from captchalab.data.gridgen import DEFAULT_ICONS, load_folder_source, load_icon_source, parse_styles
     from captchalab.errors import CaptchalabError
@@ -132,7 +140,16 @@ def _grid_source(
     if cells is not None:
         if icons is not None:
             raise CaptchalabError("give --icons or --cells, not both")
-        if styles is not None or split is not None or words is not None or skip_words:
-            raise CaptchalabError("--styles, --split, --words and --skip-words apply to the icon library, not --cells")
+        if styles is not None or split is not None or words is not None or skip_words or add_styles is not None:
+            raise CaptchalabError(
+                "--styles, --split, --words, --skip-words and --add-styles apply to the icon library, not --cells"
+            )
         return load_folder_source(cells)
-    return load_icon_source(icons or DEFAULT_ICONS, parse_styles(styles), split or default_split, words, skip_words)
+    return load_icon_source(
+        icons or DEFAULT_ICONS,
+        parse_styles(styles),
+        split or default_split,
+        words,
+        skip_words,
+        add_styles=parse_styles(add_styles),
+    )

@@ -125,12 +125,17 @@ def calibrate(
     rule: str | None = typer.Option(
         None, help="The bundle's rule from now on: threshold, margin, softmax or context [default: best on GRIDS]."
     ),
+    text_share: float | None = typer.Option(
+        None, help="With pictures: keep this share of the text similarity (1 = text only) instead of fitting it."
+    ),
 ) -> None:
     """Re-fit the decision rules (threshold, relative margin, context model) on labelled grids; the ONNX model is
     unchanged."""
     from captchalab.export.grid_recalibrate import recalibrate
 
-    report = recalibrate(model, grids, out, keep_threshold=keep_threshold, pictures=pictures, rule=rule)
+    report = recalibrate(
+        model, grids, out, keep_threshold=keep_threshold, pictures=pictures, rule=rule, text_share=text_share
+    )
     for rule, row in report["rules"].items():
         before = "-" if row["before"] is None else f"{row['before']:.4f}"
         typer.echo(f"  rule {rule:9s}: solve rate {before:>6s} -> {row['after']:.4f} "

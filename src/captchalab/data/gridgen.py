@@ -108,16 +108,21 @@ def load_icon_source(
     split: str = "train",
     words: int | None = None,
     skip_words: int = 0,
+    add_styles: list[str] | None = None,
 ) -> CellSource:
     """The labels of an icon library restricted to ``styles`` (default: its default styles) and ``split``; with
-    ``words`` / ``skip_words``, the words ``skip_words .. skip_words + words`` of a fixed, seed-free order."""
+    ``words`` / ``skip_words``, the words ``skip_words .. skip_words + words`` of a fixed, seed-free order.
+
+    ``add_styles`` gives every word its icons in those styles too, whatever the split: with ``split='test'`` and
+    designs a model never saw, a word has several unseen drawings, so the matching cells of a grid can differ."""
     if split not in SPLITS:
         raise CaptchalabError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     root = Path(icons_dir)
     library = read_icon_library(root)
     known = list(library["styles"])
     chosen = list(styles) if styles else list(library.get("default_styles") or known)
-    unknown = [s for s in chosen if s not in known]
+    added = [s for s in add_styles or () if s not in chosen]
+    unknown = [s for s in chosen + added if s not in known]
     if unknown:
         raise CaptchalabError(f"unknown style {', '.join(unknown)}; the library at {root} has {', '.join(known)}")
     labels, missing = [], []
@@ -128,6 +133,7 @@ def load_icon_source(
             allowed = [s for s in allowed if s != test_style]
         elif split == "test":
             allowed = [s for s in allowed if s == test_style]
+        allowed += [s for s in word["styles"] if s in (add_styles or ()) and s not in allowed]
         images, image_styles = [], []
         for style in allowed:
             path = root / "icons" / style / word["word"] / f"{word['slug']}.png"
@@ -165,7 +171,7 @@ def load_icon_source(
         keep = {label.text for label in order[skip_words : skip_words + words if words else None]}
         labels = [label for label in labels if label.text in keep]
     log.debug("icon library %s: %d words, styles %s, split %s", root, len(labels), ",".join(chosen), split)
-    return CellSource("icons", str(root), tuple(labels), tuple(chosen), split)
+    return CellSource("icons", str(root), tuple(labels), tuple(chosen + added), split)
 
 
 def load_folder_source(cells_dir: str | Path) -> CellSource:
@@ -273,6 +279,14 @@ def _gutter_colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(v) for v in rng.integers(150, 256, size=3))
 
 
+def _pick_images(rng: np.random.Generator, available: int, wanted: int) -> np.ndarray:
+    """Which of a word's pictures its ``wanted`` matching cells show: all different while there are enough, and
+    with fewer pictures than cells, every picture once before any repeats."""
+    if available >= wanted or available == 1:  # the draws of sets made before the second rule: keep them the same
+        return rng.choice(available, wanted, replace=available < wanted)
+    return np.concatenate([rng.permutation(available), rng.choice(available, wanted - available)])
+
+
 def make_grid(config: GridConfig, index: int) -> tuple[Image.Image, dict]:
     """Grid ``index`` of the set and its manifest record (without the image path)."""
     rng = np.random.default_rng([config.seed, index])
@@ -287,7 +301,7 @@ def make_grid(config: GridConfig, index: int) -> tuple[Image.Image, dict]:
     if len(others) < cells - positives:  # few labels: related ones are better than repeats
         others = [lb for lb in labels if lb.text != prompt.text]
     negatives = [others[int(i)] for i in rng.choice(len(others), cells - positives, replace=False)]
-    picks = rng.choice(len(prompt.images), positives, replace=len(prompt.images) < positives)
+    picks = _pick_images(rng, len(prompt.images), positives)
 
     size = config.cell_size
     gutter = int(rng.integers(0, MAX_GUTTER + 1))

@@ -143,6 +143,7 @@ def recalibrate(
     keep_threshold: bool = False,
     pictures: str | Path | None = None,
     rule: str | None = None,
+    text_share: float | None = None,
 ) -> dict:
     """Fit every rule on the labelled ``grids`` (one folder or several), keep the best, write the bundle to ``out``;
     -> the report.
@@ -151,10 +152,13 @@ def recalibrate(
     share of the text similarity is then fitted as well (``PICTURE_WEIGHTS``; 1 = text only). Each rule's
     ``before`` is its solve rate with the bundle's old parameters and old share; ``after`` is at the chosen share,
     so a rule other than the best can end lower when new pictures change the share. ``rule``: the bundle's rule from
-    now on (default: the one that solves the most of ``grids``)."""
+    now on (default: the one that solves the most of ``grids``). ``text_share``: keep this share instead of fitting
+    it (a share chosen on other grids; close shares often differ by a grid or two on the fitted ones)."""
     out = Path(out)
     if pictures is not None and keep_threshold:
         raise CaptchalabError("--keep-threshold and --pictures do not go together: new pictures change every score")
+    if text_share is not None and not 0.0 <= text_share <= 1.0:
+        raise CaptchalabError(f"--text-share must be between 0 and 1 (1 = text only), got {text_share}")
     if rule is not None and rule not in ALL_RULES:
         raise CaptchalabError(f"unknown rule {rule!r}: use one of {', '.join(ALL_RULES)}")
     bundle = load_bundle(model, "grid")
@@ -164,7 +168,12 @@ def recalibrate(
     embedded, truths, skipped = embed_grids(solver, grids)
     manifest = copy.deepcopy(bundle.manifest)
     decision = manifest["decision"]
+    if text_share is not None and solver.pictures is None:
+        raise CaptchalabError(f"{bundle.path} has no word pictures, so there is no text share to set: add --pictures")
+    if text_share is not None and keep_threshold:
+        raise CaptchalabError("--keep-threshold and --text-share do not go together: a new share changes every score")
     weights = PICTURE_WEIGHTS if solver.pictures is not None and not keep_threshold else (solver.picture_weight,)
+    weights = (text_share,) if text_share is not None else weights
     report: dict = {"grids": ", ".join(str(f) for f in _folders(grids)), "scored": len(truths), "skipped": skipped,
                     "keep_threshold": keep_threshold, "rules": {}}  # fmt: skip
     old = {name: RuleParams.from_dict(p) for name, p in decision["rules"].items() if name in solver.rules}
