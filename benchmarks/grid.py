@@ -130,6 +130,12 @@ def main() -> None:
     print(f"held-out grids ({held['folder']}): solve rate {held['solve_rate']:.4f}, cell F1 {held['cell_f1']:.4f}, "
           f"rule {held['rule']}; ranking alone (k known) {held['ranking_oracle']:.4f}, rule fitted on these grids "
           f"{held['rule_fitted_on_these_grids']:.4f}")  # fmt: skip
+    sure = [("held-out", held)] + [(row["folder"], row) for row in result.get("distinct_drawings", [])]
+    for name, row in sure:
+        print(
+            f"  {name}: answers not flagged unsure solve {row['solve_rate_when_sure']:.4f}; unsure flags "
+            f"{row['wrong_flagged_unsure']:.1%} of the wrong answers (unsure rate {row['unsure_rate']:.3f})"
+        )
     for rule, row in held["by_rule"].items():
         print(f"  rule {rule:9s}: solve rate {row['solve_rate']:.4f}, cell F1 {row['cell_f1']:.4f}")
     for design, row in sorted(held["per_design"].items(), key=lambda kv: kv[1]["solve_rate"]):

@@ -17,3 +17,29 @@ def test_report_counts_exact_chars_and_confusions():
 def test_case_insensitive_report():
     assert ocr_report(["AbC"], ["abc"], case_sensitive=False)["exact_accuracy"] == 1.0
     assert ocr_report(["AbC"], ["abc"], case_sensitive=True)["exact_accuracy"] == 0.0
+
+
+def test_grid_report_says_what_unsure_is_worth(tmp_path, monkeypatch):
+    """Five grids: two right and sure, one right but unsure, one wrong and unsure, one wrong and sure."""
+    import json
+
+    from captchalab import grid
+    from captchalab.runtime.grid import GridAnswer
+
+    answers = {"a": ([1], False), "b": ([2], False), "c": ([3], True), "d": ([1, 2], True), "e": ([4], False)}
+    rows = [{"image": f"{name}.png", "prompt": name, "positions": [i + 1], "layout": "2x3"}
+            for i, name in enumerate(answers)]  # fmt: skip
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    class FakeSolver:
+        rule = "context"
+
+        def solve(self, prompt, image, layout, rule=None):  # noqa: ANN001, ANN201
+            positions, unsure = answers[prompt]
+            return GridAnswer(prompt, layout, positions, [0.5] * 6, unsure, True, "context")
+
+    monkeypatch.setattr(grid, "load_solver", lambda model: FakeSolver())
+    report = grid.evaluate("fake", tmp_path)
+    assert report["solve_rate"] == 3 / 5 and report["unsure_rate"] == 2 / 5
+    assert report["solve_rate_when_sure"] == 2 / 3  # a, b right; e wrong
+    assert report["wrong_flagged_unsure"] == 1 / 2  # d flagged, e not

@@ -78,7 +78,7 @@ def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = Non
     solver = load_solver(model)
     per_prompt: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     per_design: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # art style of the matching cells
-    tp = fp = fn = solved = unsure = 0
+    tp = fp = fn = solved = unsure = sure_solved = 0
     seconds, failures, errors = [], [], []
     for row in track(rows, len(rows), "solving grids"):
         started = time.perf_counter()
@@ -93,6 +93,7 @@ def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = Non
             tp, fp, fn = tp + len(truth & guess), fp + len(guess - truth), fn + len(truth - guess)
             ok = truth == guess
             solved, unsure = solved + ok, unsure + answer.unsure
+            sure_solved += ok and not answer.unsure
             if not ok and len(failures) < 20:
                 failures.append({"image": row["image"], "prompt": row["prompt"], "truth": sorted(truth),
                                  "answer": answer.positions, "probabilities": answer.probabilities})  # fmt: skip
@@ -111,6 +112,10 @@ def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = Non
         "cell_recall": recall,
         "cell_f1": 2 * precision * recall / max(precision + recall, 1e-12),
         "unsure_rate": unsure / len(rows),
+        # what `unsure` is worth: the solve rate of the answers given as sure, and the share of the wrong answers
+        # that were flagged (a caller can ask for a new captcha instead of sending those)
+        "solve_rate_when_sure": sure_solved / max(len(seconds) - unsure, 1),
+        "wrong_flagged_unsure": (unsure - (solved - sure_solved)) / max(len(seconds) - solved, 1),
         "rule": rule or solver.rule,
         "latency_ms": {
             "median": 1000 * float(np.median(times)),
