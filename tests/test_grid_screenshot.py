@@ -192,6 +192,21 @@ def test_split_cells_with_a_flat_band_of_cells_at_the_border() -> None:
         split_cells(grid, 2, 3)
 
 
+def test_split_cells_without_gutters_keeps_a_flat_edge_of_pictures() -> None:
+    """No gutters, and the right-hand cells end in 17 flat columns (their backgrounds): those are picture, not a
+    border, since the left edge has no flat line; before, the last column lost 12 px and every cell shifted."""
+    grid, boxes, _ = render_grid(2, 3, cell=(100, 100), gutter=0, border=0, seed=12)
+    pixels = np.asarray(grid).copy()
+    pixels[:, -17:] = (250, 240, 200)
+    grid = Image.fromarray(pixels)
+    for box, expected in zip(cell_boxes(grid, 2, 3), boxes):
+        assert_close(box, expected, 0)
+    framed = Image.new("RGB", (grid.width + 8, grid.height + 8), (20, 20, 20))  # a real frame: trimmed
+    framed.paste(grid, (4, 4))
+    for box, expected in zip(cell_boxes(framed, 2, 3), boxes):
+        assert_close(box, tuple(v + 4 for v in expected), 0)
+
+
 def test_split_cells_refuses_unequal_cells() -> None:
     grid, _, _ = render_grid(1, 3, cell=(80, 80), gutter=6, border=0, seed=9)
     wide = Image.new("RGB", (grid.width + 30, grid.height), "white")  # the middle cell 30 px wider

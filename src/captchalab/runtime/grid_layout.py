@@ -108,6 +108,11 @@ def fit_axis(uniform: np.ndarray, n: int) -> AxisFit:
     )
     cell = (length - t - b - (n - 1) * g) / n
     ok = cell >= 4
+    # Without gutters nothing pins the cells but the borders, and a frame is drawn on both sides: flat lines at one
+    # edge only (a flat picture background there) are picture, so a gutter-free fit's borders are no wider than the
+    # flat run at the other edge.
+    frame = min(lead, trail)
+    ok &= (g > 0) | ((t <= frame) & (b <= frame))
     for k in range(1, n):
         s = np.clip(np.rint(t + k * cell + (k - 1) * g).astype(np.int64), 0, length - g)
         ok &= bad[s + g] == bad[s]
