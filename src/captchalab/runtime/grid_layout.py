@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -91,8 +91,9 @@ def fit_axis(uniform: np.ndarray, n: int) -> AxisFit:
 
     Among borders ``t``, ``b`` and gutter ``g`` (each at most ``max_separator``) whose lines are all uniform, take the
     one that removes the most lines (ties: the most symmetric borders), unless it leaves a gutter-like run inside a
-    cell and another gutter width does not. A gutter-free split always fits (raises only when cells would be under
-    4 px); ``conflict`` reports a gutter-like run that the fit left inside a cell (a layout mismatch).
+    cell and another gutter width does not; without a gutter, borders are no wider than the flat run at the other
+    edge. A gutter-free split always fits (raises only when cells would be under 4 px); ``conflict`` reports a
+    gutter-like run that the fit left inside a cell (a layout mismatch).
     """
     length = len(uniform)
     limit = max_separator(length, n)
@@ -130,7 +131,7 @@ def fit_axis(uniform: np.ndarray, n: int) -> AxisFit:
     for width in widths:
         t_i, b_i = np.unravel_index(int(np.argmax(per_gutter[width])), score.shape[1:])
         fit = AxisFit(n, int(t_i), width, int(b_i), float(cell[width, t_i, b_i]), None)
-        fit = AxisFit(fit.n, fit.start, fit.gutter, fit.end_trim, fit.cell, _conflict(uniform, fit))
+        fit = replace(fit, conflict=_conflict(uniform, fit))
         if fit.conflict is None:
             return fit
         first = first or fit
