@@ -133,8 +133,8 @@ def main() -> None:
     sure = [("held-out", held)] + [(row["folder"], row) for row in result.get("distinct_drawings", [])]
     for name, row in sure:
         print(
-            f"  {name}: answers not flagged unsure solve {row['solve_rate_when_sure']:.4f}; unsure flags "
-            f"{row['wrong_flagged_unsure']:.1%} of the wrong answers (unsure rate {row['unsure_rate']:.3f})"
+            f"  {name}: answers not flagged unsure solve {row['solve_rate_when_sure'] or 0:.4f}; unsure flags "
+            f"{row['wrong_flagged_unsure'] or 0:.1%} of the wrong answers (unsure rate {row['unsure_rate']:.3f})"
         )
     for rule, row in held["by_rule"].items():
         print(f"  rule {rule:9s}: solve rate {row['solve_rate']:.4f}, cell F1 {row['cell_f1']:.4f}")

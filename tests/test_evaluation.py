@@ -43,3 +43,5 @@ def test_grid_report_says_what_unsure_is_worth(tmp_path, monkeypatch):
     assert report["solve_rate"] == 3 / 5 and report["unsure_rate"] == 2 / 5
     assert report["solve_rate_when_sure"] == 2 / 3  # a, b right; e wrong
     assert report["wrong_flagged_unsure"] == 1 / 2  # d flagged, e not
+    answers.update(d=([4], True), e=([5], False))  # now every answer is right
+    assert grid.evaluate("fake", tmp_path)["wrong_flagged_unsure"] is None

@@ -71,6 +71,10 @@ def matching_design(row: dict) -> str | None:
     return found.pop() if len(found) == 1 else "mixed"
 
 
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
 def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = None, limit: int | None = None) -> dict:
     """Solve rate (every cell right), cell precision/recall/F1, per-prompt table and latency of a bundle."""
     root, rows = read_grid_manifest(grids)
@@ -114,8 +118,9 @@ def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = Non
         "unsure_rate": unsure / len(rows),
         # what `unsure` is worth: the solve rate of the answers given as sure, and the share of the wrong answers
         # that were flagged (a caller can ask for a new captcha instead of sending those)
-        "solve_rate_when_sure": sure_solved / max(len(seconds) - unsure, 1),
-        "wrong_flagged_unsure": (unsure - (solved - sure_solved)) / max(len(seconds) - solved, 1),
+        # (None when there is no sure answer / no wrong answer)
+        "solve_rate_when_sure": _share(sure_solved, len(seconds) - unsure),
+        "wrong_flagged_unsure": _share(unsure - (solved - sure_solved), len(seconds) - solved),
         "rule": rule or solver.rule,
         "latency_ms": {
             "median": 1000 * float(np.median(times)),

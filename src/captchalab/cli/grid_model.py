@@ -209,9 +209,12 @@ def eval_cmd(
         f", recall {report['cell_recall']:.4f}, F1 {report['cell_f1']:.4f}; unsure {report['unsure_rate']:.3f}; "
         f"rule {report['rule']}; median {report['latency_ms']['median']:.1f} ms/grid"
     )
+    sure, flagged = report["solve_rate_when_sure"], report["wrong_flagged_unsure"]
     typer.echo(
-        f"answers not flagged unsure: solve rate {report['solve_rate_when_sure']:.4f}; "
-        f"{report['wrong_flagged_unsure']:.1%} of the wrong answers were flagged unsure"
+        "answers not flagged unsure: "
+        + ("none" if sure is None else f"solve rate {sure:.4f}")
+        + "; "
+        + ("no wrong answers" if flagged is None else f"{flagged:.1%} of the wrong answers were flagged unsure")
     )
     typer.echo("hardest prompts: " + ", ".join(f"{p} {v['solved']}/{v['grids']}" for p, v in worst))
     if report["per_design"]:
