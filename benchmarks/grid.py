@@ -132,10 +132,10 @@ def main() -> None:
           f"{held['rule_fitted_on_these_grids']:.4f}")  # fmt: skip
     sure = [("held-out", held)] + [(row["folder"], row) for row in result.get("distinct_drawings", [])]
     for name, row in sure:
-        print(
-            f"  {name}: answers not flagged unsure solve {row['solve_rate_when_sure'] or 0:.4f}; unsure flags "
-            f"{row['wrong_flagged_unsure'] or 0:.1%} of the wrong answers (unsure rate {row['unsure_rate']:.3f})"
-        )
+        solved, flagged = row["solve_rate_when_sure"], row["wrong_flagged_unsure"]  # None: no sure / no wrong answer
+        print(f"  {name}: answers not flagged unsure solve {'n/a' if solved is None else f'{solved:.4f}'}; unsure "
+              f"flags {'n/a' if flagged is None else f'{flagged:.1%}'} of the wrong answers "
+              f"(unsure rate {row['unsure_rate']:.3f})")  # fmt: skip
     for rule, row in held["by_rule"].items():
         print(f"  rule {rule:9s}: solve rate {row['solve_rate']:.4f}, cell F1 {row['cell_f1']:.4f}")
     for design, row in sorted(held["per_design"].items(), key=lambda kv: kv[1]["solve_rate"]):

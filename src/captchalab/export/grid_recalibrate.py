@@ -159,21 +159,25 @@ def recalibrate(
         raise CaptchalabError("--keep-threshold and --pictures do not go together: new pictures change every score")
     if text_share is not None and not 0.0 <= text_share <= 1.0:
         raise CaptchalabError(f"--text-share must be between 0 and 1 (1 = text only), got {text_share}")
+    if text_share is not None and keep_threshold:
+        raise CaptchalabError("--keep-threshold and --text-share do not go together: a new share changes every score")
     if rule is not None and rule not in ALL_RULES:
         raise CaptchalabError(f"unknown rule {rule!r}: use one of {', '.join(ALL_RULES)}")
     bundle = load_bundle(model, "grid")
     solver = GridSolver(ClipModel(bundle))
     if pictures is not None:
         solver.use_pictures(build_pictures(solver, pictures))
+    if text_share is not None and solver.pictures is None:
+        raise CaptchalabError(f"{bundle.path} has no word pictures, so there is no text share to set: add --pictures")
     embedded, truths, skipped = embed_grids(solver, grids)
     manifest = copy.deepcopy(bundle.manifest)
     decision = manifest["decision"]
-    if text_share is not None and solver.pictures is None:
-        raise CaptchalabError(f"{bundle.path} has no word pictures, so there is no text share to set: add --pictures")
-    if text_share is not None and keep_threshold:
-        raise CaptchalabError("--keep-threshold and --text-share do not go together: a new share changes every score")
-    weights = PICTURE_WEIGHTS if solver.pictures is not None and not keep_threshold else (solver.picture_weight,)
-    weights = (text_share,) if text_share is not None else weights
+    if text_share is not None:
+        weights: tuple[float, ...] = (text_share,)
+    elif solver.pictures is not None and not keep_threshold:
+        weights = PICTURE_WEIGHTS
+    else:
+        weights = (solver.picture_weight,)
     report: dict = {"grids": ", ".join(str(f) for f in _folders(grids)), "scored": len(truths), "skipped": skipped,
                     "keep_threshold": keep_threshold, "rules": {}}  # fmt: skip
     old = {name: RuleParams.from_dict(p) for name, p in decision["rules"].items() if name in solver.rules}
