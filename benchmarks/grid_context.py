@@ -9,7 +9,9 @@ share), then each --eval folder is solved with:
 - ``without_likeness``: the same fit without the cell-to-cell likeness features (``peer*``);
 - ``with_extra_calib``: fitted on CALIB plus --extra-calib (e.g. grids of other designs the model never saw);
 - ``fitted_on_itself``: fitted on the folder itself — what the rule's features could reach with perfect calibration;
-- the last two ``..._without_likeness`` too, to tell what the likeness features give once the calibration is right.
+- the last two ``..._without_likeness`` too, to tell what the likeness features give once the calibration is right;
+- with ``--cuts C...``, ``all_features`` picking cells from log-odds C instead of 0 (``cut_C``), on each --eval
+  folder and on the calibration grids themselves (``calibration`` in the JSON).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from captchalab.runtime.clip import ClipModel
 from captchalab.runtime.grid import GridSolver
 from captchalab.runtime.grid_rules import CONTEXT_FEATURES, ContextModel, RuleParams, context_features
 
-PICK_AT_ZERO = RuleParams(0.0, 1.0)  # the context rule picks cells whose log-odds reach 0 (and the grid's best)
 WITHOUT_LIKENESS = tuple(name for name in CONTEXT_FEATURES if not name.startswith("peer"))
 
 
@@ -43,8 +44,8 @@ def fit(features: list[np.ndarray], truths: list[np.ndarray], names: tuple[str, 
     return replace(fit_context([f[:, columns] for f in features], truths), features=names)
 
 
-def solve_rate(model: ContextModel, features: list[np.ndarray], truths: list[np.ndarray]) -> float:
-    return count_solved([model.log_odds(f) for f in features], truths, PICK_AT_ZERO) / len(truths)
+def solve_rate(model: ContextModel, features: list[np.ndarray], truths: list[np.ndarray], cut: float = 0.0) -> float:
+    return count_solved([model.log_odds(f) for f in features], truths, RuleParams(cut, 1.0)) / len(truths)
 
 
 def main() -> None:
@@ -53,6 +54,8 @@ def main() -> None:
     parser.add_argument("--calib", type=Path, nargs="+", required=True, help="grid folders the rule is fitted on")
     parser.add_argument("--eval", type=Path, nargs="+", required=True, help="grid folders to solve")
     parser.add_argument("--extra-calib", type=Path, nargs="*", default=[], help="more grid folders to fit on")
+    parser.add_argument("--cuts", type=float, nargs="*", default=[],
+                        help="log-odds cuts other than 0 to solve with (the shipped fit)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/grid-context.json"))
     args = parser.parse_args()
 
@@ -66,9 +69,16 @@ def main() -> None:
         models["with_extra_calib_without_likeness"] = fit(*both, WITHOUT_LIKENESS)
     result = {"model": args.model, "calib": [str(f) for f in args.calib],
               "extra_calib": [str(f) for f in args.extra_calib], "eval": {}}  # fmt: skip
+
+    def at_cuts(features: list[np.ndarray], truths: list[np.ndarray]) -> dict[str, float]:
+        return {f"cut_{cut:g}": solve_rate(models["all_features"], features, truths, cut) for cut in args.cuts}
+
+    if args.cuts:
+        result["calibration"] = {"all_features": solve_rate(models["all_features"], *calib), **at_cuts(*calib)}
+        print("calibration grids: " + ", ".join(f"{k} {v:.4f}" for k, v in result["calibration"].items()))
     for folder in args.eval:
         features, truths = grid_features(solver, [folder])
-        row = {name: solve_rate(model, features, truths) for name, model in models.items()}
+        row = {name: solve_rate(model, features, truths) for name, model in models.items()} | at_cuts(features, truths)
         for suffix, names in (("", CONTEXT_FEATURES), ("_without_likeness", WITHOUT_LIKENESS)):
             row["fitted_on_itself" + suffix] = solve_rate(fit(features, truths, names), features, truths)
         row["grids"] = len(truths)

@@ -43,5 +43,15 @@ def test_grid_report_says_what_unsure_is_worth(tmp_path, monkeypatch):
     assert report["solve_rate"] == 3 / 5 and report["unsure_rate"] == 2 / 5
     assert report["solve_rate_when_sure"] == 2 / 3  # a, b right; e wrong
     assert report["wrong_flagged_unsure"] == 1 / 2  # d flagged, e not
+    assert report["failure_kinds"] == {"too_many": 0, "too_few": 0, "swapped": 2}  # d: [1, 2] for [4]; e: [4] for [5]
     answers.update(d=([4], True), e=([5], False))  # now every answer is right
     assert grid.evaluate("fake", tmp_path)["wrong_flagged_unsure"] is None
+
+
+def test_grid_failure_kinds():
+    from captchalab.grid import failure_kind
+
+    assert failure_kind({1, 2}, {1, 2, 5}) == "too_many"
+    assert failure_kind({1, 2}, {2}) == "too_few"
+    assert failure_kind({1, 2}, {2, 5}) == "swapped"
+    assert failure_kind({1}, {3}) == "swapped"

@@ -71,6 +71,19 @@ def matching_design(row: dict) -> str | None:
     return found.pop() if len(found) == 1 else "mixed"
 
 
+FAILURE_KINDS = ("too_many", "too_few", "swapped")
+
+
+def failure_kind(truth: set[int], guess: set[int]) -> str:
+    """How a wrong answer is wrong: every right cell and some more (too_many), only right cells but not all
+    (too_few), or some cells missed and others picked instead (swapped)."""
+    if guess > truth:
+        return "too_many"
+    if guess < truth:
+        return "too_few"
+    return "swapped"
+
+
 def _share(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
@@ -83,6 +96,7 @@ def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = Non
     per_prompt: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     per_design: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # art style of the matching cells
     tp = fp = fn = solved = unsure = sure_solved = 0
+    failure_kinds = dict.fromkeys(FAILURE_KINDS, 0)
     seconds, failures, errors = [], [], []
     for row in track(rows, len(rows), "solving grids"):
         started = time.perf_counter()
@@ -98,6 +112,8 @@ def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = Non
             ok = truth == guess
             solved, unsure = solved + ok, unsure + answer.unsure
             sure_solved += ok and not answer.unsure
+            if not ok:
+                failure_kinds[failure_kind(truth, guess)] += 1
             if not ok and len(failures) < 20:
                 failures.append({"image": row["image"], "prompt": row["prompt"], "truth": sorted(truth),
                                  "answer": answer.positions, "probabilities": answer.probabilities})  # fmt: skip
@@ -121,6 +137,7 @@ def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = Non
         # (None when there is no sure answer / no wrong answer)
         "solve_rate_when_sure": _share(sure_solved, len(seconds) - unsure),
         "wrong_flagged_unsure": _share(unsure - (solved - sure_solved), len(seconds) - solved),
+        "failure_kinds": failure_kinds,  # of the answered grids not solved; unreadable ones are under "errors"
         "rule": rule or solver.rule,
         "latency_ms": {
             "median": 1000 * float(np.median(times)),

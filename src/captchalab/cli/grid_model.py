@@ -216,6 +216,10 @@ def eval_cmd(
         + "; "
         + ("no wrong answers" if flagged is None else f"{flagged:.1%} of the wrong answers were flagged unsure")
     )
+    kinds = report["failure_kinds"]
+    if any(kinds.values()) or report["errors"]:
+        parts = [f"{kind.replace('_', ' ')} {n}" for kind, n in kinds.items()] + [f"unreadable {len(report['errors'])}"]
+        typer.echo("wrong answers: " + ", ".join(parts))
     typer.echo("hardest prompts: " + ", ".join(f"{p} {v['solved']}/{v['grids']}" for p, v in worst))
     if report["per_design"]:
         designs = sorted(report["per_design"].items(), key=lambda kv: kv[1]["solve_rate"])
