@@ -7,6 +7,7 @@ import pytest
 import torch
 from tests.conftest import random_grid_truth
 
+from captchalab.errors import CaptchalabError
 from captchalab.export.grid_calibrate import (
     best_threshold,
     calibrate,
@@ -47,7 +48,7 @@ def test_tokenizer_lowercases_spells_latin_and_marks_unknown(tokenizer: BertToke
 
 def test_tokenizer_rejects_a_vocab_without_specials(tmp_path: Path):
     (tmp_path / "vocab.txt").write_text("a\nb\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"\[UNK\]"):
+    with pytest.raises(CaptchalabError, match=r"\[UNK\]"):
         BertTokenizer(tmp_path / "vocab.txt")
 
 

@@ -77,3 +77,51 @@ def test_preprocess_shapes_and_normalisation():
     assert batch.shape == (2, 1, 8, 16) and batch.dtype == np.float32
     assert np.allclose(batch, 1.0)
     assert Preprocess.from_dict(spec.to_dict()) == spec
+
+
+def test_16_bit_grey_is_scaled_not_clipped(tmp_path):
+    ramp = np.arange(256, dtype=np.uint16).reshape(16, 16) * 257  # 0 .. 65535
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
+    rgb = np.asarray(load_image(tmp_path / "grey16.png"))
+    assert rgb.shape == (16, 16, 3)
+    assert np.array_equal(rgb[..., 0], np.arange(256, dtype=np.uint8).reshape(16, 16))  # not all white
+    small = Image.fromarray(np.full((4, 4), 200, dtype=np.int32))  # mode I whose values fit 8 bits: kept
+    assert np.asarray(load_image(small))[0, 0, 0] == 200
+
+
+def test_loaded_rgb_image_outlives_its_file(tmp_path):
+    Image.fromarray(np.full((5, 7, 3), 9, dtype=np.uint8)).save(tmp_path / "rgb.png")
+    image = load_image(tmp_path / "rgb.png")  # the file is closed on return: the pixels must still be there
+    assert image.size == (7, 5) and np.asarray(image)[0, 0, 1] == 9
+
+
+def test_unreadable_file_is_one_clear_line(tmp_path, monkeypatch):
+    image = tmp_path / "locked.png"
+    image.write_bytes(_png_bytes())
+
+    def denied(self, *args, **kwargs):  # what chmod 000 gives a user who is not root
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(image), "open", denied)
+    with pytest.raises(CaptchalabError, match=r"locked\.png: cannot read \(Permission denied\)"):
+        load_image(image)
+
+
+def test_other_inputs_are_loaded_or_refused_clearly():
+    data = _png_bytes()
+    assert load_image(memoryview(data)).size == (20, 10)
+    assert load_image(io.BytesIO(data)).size == (20, 10)
+    grey = np.full((6, 8, 1), 77, dtype=np.uint8)  # an (H, W, 1) array, as many libraries give grey images
+    assert np.asarray(load_image(grey))[0, 0].tolist() == [77, 77, 77]
+    with pytest.raises(CaptchalabError, match="not NoneType"):
+        load_image(None)
+    with pytest.raises(CaptchalabError, match="empty"):
+        load_image(np.zeros((0, 0, 3), dtype=np.uint8))
+    with pytest.raises(CaptchalabError, match=r"\(H, W, 3\)"):
+        load_image(np.zeros((4, 4, 2), dtype=np.uint8))
+    lazy_truncated = Image.open(io.BytesIO(data[: len(data) // 2]))  # opened, not yet decoded
+    with pytest.raises(CaptchalabError, match="corrupt or truncated"):
+        load_image(lazy_truncated)
+    with pytest.raises(CaptchalabError, match="over the 100-pixel limit"):
+        load_image(Image.new("RGB", (20, 10)), max_pixels=100)

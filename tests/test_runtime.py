@@ -106,6 +106,43 @@ def test_bundle_errors(tmp_path: Path, tiny_bundle: Path):
         load_reader(tmp_path / "missing")
 
 
+def _broken_copy(tiny_bundle: Path, where: Path, change) -> Path:  # noqa: ANN001 - change(manifest dict) -> object
+    import shutil
+
+    copy = shutil.copytree(tiny_bundle, where)
+    manifest = json.loads((copy / "manifest.json").read_text(encoding="utf-8"))
+    (copy / "manifest.json").write_text(json.dumps(change(manifest)), encoding="utf-8")
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: [1, 2], "not a JSON object"),
+        (lambda m: {k: v for k, v in m.items() if k != "files"}, "no 'files'"),
+        (lambda m: {**m, "format_version": "1"}, "format_version '1'"),
+        (lambda m: {k: v for k, v in m.items() if k != "charset"}, "no 'charset' entry"),
+        (lambda m: {**m, "preprocess": 7}, "malformed bundle manifest"),
+    ],
+)
+def test_malformed_manifests_give_one_clear_line(tmp_path: Path, tiny_bundle: Path, change, message):  # noqa: ANN001
+    broken = _broken_copy(tiny_bundle, tmp_path / "broken", change)
+    with pytest.raises(CaptchalabError, match=message):
+        OcrReader(broken)
+    result = run_cli("ocr", "predict", "--model", str(broken), str(tiny_bundle / "manifest.json"), check=False)
+    assert result.returncode == 2 and "manifest.json" in result.stderr_text and "Traceback" not in result.stderr_text
+
+
+def test_corrupt_onnx_file_names_the_file(tmp_path: Path, tiny_bundle: Path):
+    broken = _broken_copy(tiny_bundle, tmp_path / "broken", lambda m: m)
+    (broken / "model.onnx").write_bytes(b"garbage")
+    with pytest.raises(CaptchalabError, match=r"model\.onnx: cannot load the ONNX model"):
+        OcrReader(broken)
+    (broken / "manifest.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(CaptchalabError, match="not UTF-8"):
+        OcrReader(broken)
+
+
 def test_predict_and_eval_with_a_given_alphabet(tiny_bundle: Path, tiny_data: Path, tmp_path: Path):
     charset = json.loads((tiny_bundle / "manifest.json").read_text())["charset"]
     digits = "".join(c for c in charset if c.isdigit())

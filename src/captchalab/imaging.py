@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,38 +20,73 @@ from captchalab.errors import CaptchalabError
 MAX_PIXELS = 25_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
-ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
+ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
 
 def load_image(source: ImageInput, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open a path, encoded bytes, a PIL image or an (H, W[, C]) uint8 array as an RGB image.
+    """Open a path, encoded bytes (or a binary file object), a PIL image or an (H, W[, C]) uint8 array as RGB.
 
-    Raises CaptchalabError naming the file for missing, empty, corrupt, truncated or oversized images.
+    Raises CaptchalabError naming the file for missing, unreadable, empty, corrupt, truncated or oversized images.
     """
     if isinstance(source, Image.Image):
-        return source.convert("RGB")
+        return _checked(source, name or "image", max_pixels)
     if isinstance(source, np.ndarray):
-        if source.dtype != np.uint8 or source.ndim not in (2, 3):
-            raise CaptchalabError(f"{name or 'array'}: expected a uint8 (H, W) or (H, W, C) array")
-        return Image.fromarray(source).convert("RGB")
+        return _checked(_from_array(source, name or "array"), name or "array", max_pixels)
+    if isinstance(source, memoryview):
+        source = source.tobytes()
+    elif hasattr(source, "read") and not isinstance(source, (str, os.PathLike)):
+        source = source.read()  # an open binary file or BytesIO
     if isinstance(source, (bytes, bytearray)):
         label, stream = name or "<bytes>", io.BytesIO(source)
         if not source:
             raise CaptchalabError(f"{label}: empty input, not an image")
-    else:
+    elif isinstance(source, (str, os.PathLike)):
         label, path = name or str(source), Path(source)
         if not path.is_file():
             raise CaptchalabError(f"{label}: no such file")
         if path.stat().st_size == 0:
             raise CaptchalabError(f"{label}: file is empty (0 bytes), not an image")
-        stream = path.open("rb")
+        try:
+            stream = path.open("rb")
+        except OSError as exc:
+            raise CaptchalabError(f"{label}: cannot read ({exc.strerror or exc})") from None
+    else:
+        raise CaptchalabError(
+            f"{name or type(source).__name__}: expected an image path, bytes, a PIL image or a uint8 array,"
+            f" not {type(source).__name__}"
+        )
     try:
-        with Image.open(stream) as image:
-            width, height = image.size
-            if width * height > max_pixels:  # header only so far: nothing big has been decoded
-                raise CaptchalabError(f"{label}: image is {width}x{height}, over the {max_pixels:,}-pixel limit")
-            image.load()
-            return image.convert("RGB")
+        with _decoding(label), Image.open(stream) as image:
+            return _checked(image, label, max_pixels)
+    finally:
+        stream.close()
+
+
+def _from_array(array: np.ndarray, label: str) -> Image.Image:
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise CaptchalabError(f"{label}: expected a uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _checked(image: Image.Image, label: str, max_pixels: int) -> Image.Image:
+    """Size checks before decoding (for a file only the header has been read so far), then decode to RGB."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise CaptchalabError(f"{label}: image is {width}x{height}, over the {max_pixels:,}-pixel limit")
+    if width == 0 or height == 0:
+        raise CaptchalabError(f"{label}: image is empty ({width}x{height} px)")
+    with _decoding(label):
+        image.load()
+        return to_rgb(image)
+
+
+@contextmanager
+def _decoding(label: str) -> Iterator[None]:
+    """Pillow's errors for undecodable data -> one CaptchalabError naming the file."""
+    try:
+        yield
     except CaptchalabError:
         raise
     except Image.DecompressionBombError as exc:
@@ -58,8 +95,20 @@ def load_image(source: ImageInput, name: str | None = None, max_pixels: int = MA
         raise CaptchalabError(f"{label}: not a readable image ({type(exc).__name__})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise CaptchalabError(f"{label}: corrupt or truncated image ({exc})") from None
-    finally:
-        stream.close()
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. Pillow's own conversion clips 16-bit and 32-bit grey (modes I;16, I, F) to 255,
+    which turns a 16-bit PNG white; these are scaled down instead (16-bit range when the values fit it).
+    Always a new image, as ``convert`` gives: the caller may close the original."""
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        top = float(values.max()) if values.size else 0.0
+        if top > 255:
+            values = values / (257.0 if top <= 65535 else top / 255.0)
+        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    return image.convert("RGB")
 
 
 @dataclass(frozen=True)

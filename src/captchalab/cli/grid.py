@@ -10,7 +10,10 @@ import typer
 if TYPE_CHECKING:
     from captchalab.data.gridgen import CellSource
 
-app = typer.Typer(help="Picture grids: Chinese-CLIP-format datasets.", no_args_is_help=True)
+app = typer.Typer(
+    help="Picture grids: solve, evaluate, generate, fine-tune, export; Chinese-CLIP-format datasets.",
+    no_args_is_help=True,
+)
 dataset_app = typer.Typer(
     help="Build and unpack Chinese-CLIP-format datasets (TSV / JSONL / LMDB).", no_args_is_help=True
 )

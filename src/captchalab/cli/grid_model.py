@@ -26,7 +26,7 @@ def train(
     lr: float = typer.Option(5e-5),
     wd: float = typer.Option(0.001, help="AdamW weight decay (not on biases and norms)."),
     warmup: int = typer.Option(100, help="Linear warm-up steps before the cosine decay."),
-    context_length: int | None = typer.Option(None, help="Token ids per text [default: the model's own]."),
+    context_length: int | None = typer.Option(None, help="Token ids per text (default: the model's own)."),
     augment: bool = typer.Option(False, "--augment", help="Random zoom, shift, rotation, flip, brightness."),
     freeze_vision: bool = typer.Option(False, "--freeze-vision", help="Train the text tower only."),
     accum: int = typer.Option(1, help="Batches per optimizer step (gradient accumulation)."),
@@ -36,7 +36,7 @@ def train(
     reset_optimizer: bool = typer.Option(False, "--reset-optimizer", help="With --resume: weights only."),
     vocab: Path | None = typer.Option(None, help="vocab.txt for --init cn-clip:PATH (Chinese-CLIP's BERT vocab)."),
     image_size: int | None = typer.Option(
-        None, help="Input size of a gridclip model, new or fine-tuned from a bundle [default: 64, or the bundle's]."
+        None, help="Input size of a gridclip model, new or fine-tuned from a bundle (default: 64, or the bundle's)."
     ),
     model_config: str | None = typer.Option(None, help='JSON fields for a new gridclip, e.g. {"trunk_blocks": 8}.'),
     max_minutes: float | None = typer.Option(None, help="Stop after this much training time."),
@@ -85,11 +85,11 @@ def export_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Bundle folder (image.onnx, text.onnx, vocab, manifest)."),
     fp16: bool = typer.Option(False, "--fp16", help="Half precision, for GPUs (slower on most CPUs)."),
     int8: bool = typer.Option(False, "--int8", help="int8 image tower for CPUs (refused if it costs accuracy)."),
-    dataset: Path | None = typer.Option(None, help="Dataset whose valid split gates and calibrates [default: run's]."),
+    dataset: Path | None = typer.Option(None, help="Dataset whose valid split gates and calibrates (default: run's)."),
     aliases: Path | None = typer.Option(None, help="words.json with English aliases of the prompt words."),
     licenses: Path | None = typer.Option(None, help="JSON list of data/model licences for the manifest."),
     data_statement: str | None = typer.Option(None, help="What the training data was, for the manifest."),
-    training_command: str | None = typer.Option(None, help="How the run was trained [default: the run's command]."),
+    training_command: str | None = typer.Option(None, help="How the run was trained (default: the run's command)."),
     no_weights: bool = typer.Option(False, "--no-weights", help="Leave out the torch weights (no fine-tuning)."),
 ) -> None:
     """Export two ONNX towers + manifest; parity-gated, decision rule calibrated on validation grids."""
@@ -123,7 +123,7 @@ def calibrate(
         "word and blends them with the text similarity (the blend is fitted on GRIDS too).",
     ),  # fmt: skip
     rule: str | None = typer.Option(
-        None, help="The bundle's rule from now on: threshold, margin, softmax or context [default: best on GRIDS]."
+        None, help="The bundle's rule from now on: threshold, margin, softmax or context (default: best on GRIDS)."
     ),
     text_share: float | None = typer.Option(
         None, help="With pictures: keep this share of the text similarity (1 = text only) instead of fitting it."
@@ -156,7 +156,7 @@ def solve(
     cells: bool = typer.Option(False, "--cells", help="IMAGES are the cells, row-major."),
     screenshot: bool = typer.Option(False, "--screenshot", help="IMAGE is a screenshot: read prompt, find grid."),
     rule: str | None = typer.Option(
-        None, help="threshold, margin, softmax or context [default: the bundle's calibrated]."
+        None, help="threshold, margin, softmax or context (default: the bundle's calibrated)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -193,7 +193,7 @@ def solve(
 def eval_cmd(
     model: str = typer.Argument(..., help="'default' or a grid bundle folder."),
     grids: Path = typer.Argument(..., help="A folder with manifest.jsonl (from `grid generate`)."),
-    rule: str | None = typer.Option(None, help="Decision rule [default: the bundle's calibrated]."),
+    rule: str | None = typer.Option(None, help="Decision rule (default: the bundle's calibrated)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the report as JSON here."),
     limit: int | None = typer.Option(None, help="Only the first N grids."),
 ) -> None:

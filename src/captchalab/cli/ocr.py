@@ -59,9 +59,9 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, split, logs, report)."),
     arch: str = typer.Option("ctc", help="ctc (fast, variable length; default) or resnet18-fixed (the article's)."),
     patience: int | None = typer.Option(
-        None, help="Stop after this many epochs without a better validation accuracy [default: 20]."
+        None, help="Stop after this many epochs without a better validation accuracy (default: 20)."
     ),
-    max_epochs: int | None = typer.Option(None, help="Upper bound on epochs [default: 100]."),
+    max_epochs: int | None = typer.Option(None, help="Upper bound on epochs (default: 100)."),
     max_minutes: float | None = typer.Option(None, help="Stop after the epoch that crosses this training time."),
     batch_size: int = typer.Option(128),
     lr: float = typer.Option(1e-3, help="Adam(W) learning rate."),

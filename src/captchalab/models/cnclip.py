@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ from captchalab.models.cnclip_vision import (
     build_vision_tower,
 )
 from captchalab.runtime.tokenizer import frame_token_ids  # noqa: F401  (re-exported)
+from captchalab.training.checkpoint import load_torch
 
 __all__ = [
     "PAD_ID",
@@ -304,21 +304,6 @@ def _build_strict(
     return model.eval()
 
 
-def _torch_load(path: Path) -> object:
-    if not path.is_file():
-        raise CaptchalabError(f"{path}: no such file")
-    try:
-        # weights_only: Chinese-CLIP checkpoints hold only dicts, tensors, ints, floats and strings
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "weights only" in str(error).lower():
-            raise CaptchalabError(f"{path}: holds Python objects besides tensors; refusing to unpickle it") from error
-        raise CaptchalabError(f"{path}: not a PyTorch checkpoint ({error})") from error
-    except Exception as error:  # torch.load raises KeyError, EOFError, RuntimeError, ... on arbitrary bytes
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CaptchalabError(f"{path}: not a PyTorch checkpoint ({reason})") from error
-
-
 def _tensor_dict(obj: object) -> dict[str, torch.Tensor] | None:
     if (
         isinstance(obj, Mapping)
@@ -337,7 +322,7 @@ def load_cn_clip_checkpoint(path: str | Path, config: CnClipConfig | None = None
     ``config=None`` reads the sizes off the tensors (see ``config_from_state_dict``).
     """
     path = Path(path)
-    obj = _torch_load(path)
+    obj = load_torch(path)
     state_dict = _tensor_dict(obj.get("state_dict")) if isinstance(obj, Mapping) else None
     state_dict = state_dict or _tensor_dict(obj)
     if state_dict is None:
@@ -417,7 +402,7 @@ def _hf_weight_files(folder: Path) -> list[Path]:
 
 def _read_weight_file(file: Path) -> dict[str, torch.Tensor]:
     if file.suffix != ".safetensors":
-        tensors = _tensor_dict(_torch_load(file))
+        tensors = _tensor_dict(load_torch(file))
         if tensors is None:
             raise CaptchalabError(f"{file}: holds no state_dict of named tensors")
         return tensors

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -52,17 +54,40 @@ def load_bundle(spec: str | os.PathLike, task: str) -> Bundle:
         manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise CaptchalabError(f"{manifest_file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise CaptchalabError(f"{manifest_file}: not UTF-8 text") from None
+    if not isinstance(manifest, dict):
+        raise CaptchalabError(f"{manifest_file}: malformed bundle manifest (not a JSON object)")
     if manifest.get("task") != task:
         raise CaptchalabError(f"{path}: is a {manifest.get('task')!r} bundle, not {task!r}")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
+    version, files = manifest.get("format_version", 0), manifest.get("files")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CaptchalabError(f"{manifest_file}: malformed bundle manifest (format_version {version!r})")
+    if not isinstance(files, dict) or not files or not all(isinstance(v, str) for v in files.values()):
+        raise CaptchalabError(f"{manifest_file}: malformed bundle manifest (no 'files' naming the model files)")
+    if version > FORMAT_VERSION:
         raise CaptchalabError(
             f"{path}: bundle format {manifest['format_version']} is newer than this captchalab; upgrade"
         )
     bundle = Bundle(path, manifest)
-    for key in manifest.get("files", {}):
+    for key in files:
         if not bundle.file(key).is_file():
             raise CaptchalabError(f"{bundle.file(key)}: model file named in the manifest is missing")
     return bundle
+
+
+@contextmanager
+def reading_manifest(bundle: Bundle) -> Iterator[None]:
+    """Turn a missing or ill-typed manifest entry, met while a runtime reads the bundle, into one clear error."""
+    where = bundle.path / MANIFEST
+    try:
+        yield
+    except CaptchalabError:
+        raise
+    except KeyError as exc:
+        raise CaptchalabError(f"{where}: malformed bundle manifest (no {exc} entry)") from None
+    except (TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise CaptchalabError(f"{where}: malformed bundle manifest ({exc})") from None
 
 
 def onnx_session(model_path: Path, threads: int | None = None, providers: list[str] | None = None):  # noqa: ANN201
@@ -80,4 +105,8 @@ def onnx_session(model_path: Path, threads: int | None = None, providers: list[s
     if providers is None:
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    return ort.InferenceSession(str(model_path), options, providers=providers)
+    try:
+        return ort.InferenceSession(str(model_path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for broken files
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CaptchalabError(f"{model_path}: cannot load the ONNX model ({reason})") from None

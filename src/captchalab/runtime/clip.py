@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from captchalab.imaging import ClipPreprocess
-from captchalab.runtime.bundle import Bundle, load_bundle, onnx_session, sha256_file
+from captchalab.runtime.bundle import Bundle, load_bundle, onnx_session, reading_manifest, sha256_file
 from captchalab.runtime.tokenizer import BertTokenizer
 
 IMAGE_BATCH = 64
@@ -27,18 +27,19 @@ class ClipModel:
 
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: list[str] | None = None) -> None:
         self.bundle = bundle
-        manifest = bundle.manifest
-        self.preprocess = ClipPreprocess.from_dict(manifest["image"]["preprocess"])
-        self.tokenizer = BertTokenizer(bundle.file("vocab"), manifest["text"]["context_length"])
-        self._threads, self._providers = threads, providers
-        self._sessions: dict[str, object] = {}  # made on first use: a text query never loads the image tower
-        self.dim = int(manifest["embed_dim"])
-        self.logit_scale = float(manifest["logit_scale"])
-        digest = hashlib.sha256()
-        for key in ("image", "text"):
-            name = manifest["files"][key]
-            digest.update((manifest.get("sha256", {}).get(name) or sha256_file(bundle.file(key))).encode())
-        self.model_id = f"grid:{digest.hexdigest()[:16]}"
+        with reading_manifest(self.bundle):
+            manifest = bundle.manifest
+            self.preprocess = ClipPreprocess.from_dict(manifest["image"]["preprocess"])
+            self.tokenizer = BertTokenizer(bundle.file("vocab"), manifest["text"]["context_length"])
+            self._threads, self._providers = threads, providers
+            self._sessions: dict[str, object] = {}  # made on first use: a text query never loads the image tower
+            self.dim = int(manifest["embed_dim"])
+            self.logit_scale = float(manifest["logit_scale"])
+            digest = hashlib.sha256()
+            for key in ("image", "text"):
+                name = manifest["files"][key]
+                digest.update((manifest.get("sha256", {}).get(name) or sha256_file(bundle.file(key))).encode())
+            self.model_id = f"grid:{digest.hexdigest()[:16]}"
         self._text_cache: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
 

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from captchalab.imaging import ImageInput, Preprocess, load_image
-from captchalab.runtime.bundle import load_bundle, onnx_session
+from captchalab.runtime.bundle import load_bundle, onnx_session, reading_manifest
 from captchalab.runtime.decode import (
     allowed_chars,
     choose_alphabets,
@@ -52,22 +52,23 @@ class OcrReader:
         None lets the model answer any character it knows. ``refine=False`` skips the bundle's refiner of
         look-alike characters (manifest ``refiner``), if it has one."""
         self.bundle = load_bundle(model, "ocr")
-        manifest = self.bundle.manifest
-        self.preprocess = Preprocess.from_dict(manifest["preprocess"])
-        self.model_charset: str = manifest["charset"]
-        self.decoder: str = manifest["decoder"]
-        model_case_sensitive = manifest.get("case_sensitive", True)
-        self.output = OutputSpace.make(
-            self.model_charset, model_case_sensitive, case_sensitive, charset, manifest.get("alphabets")
-        )
-        self.case_sensitive, self.charset = self.output.case_sensitive, self.output.chars
-        self.threads = threads
-        self._session = onnx_session(self.bundle.file("model"), threads, providers)
-        self._input = self._session.get_inputs()[0].name
-        self.refiner: Refiner | None = None
-        if refine and "refiner" in manifest:
-            spec = RefineSpec.from_dict(manifest["refiner"])
-            self.refiner = Refiner(self.bundle.file("refiner"), spec, threads, providers)
+        with reading_manifest(self.bundle):
+            manifest = self.bundle.manifest
+            self.preprocess = Preprocess.from_dict(manifest["preprocess"])
+            self.model_charset: str = manifest["charset"]
+            self.decoder: str = manifest["decoder"]
+            model_case_sensitive = manifest.get("case_sensitive", True)
+            self.output = OutputSpace.make(
+                self.model_charset, model_case_sensitive, case_sensitive, charset, manifest.get("alphabets")
+            )
+            self.case_sensitive, self.charset = self.output.case_sensitive, self.output.chars
+            self.threads = threads
+            self._session = onnx_session(self.bundle.file("model"), threads, providers)
+            self._input = self._session.get_inputs()[0].name
+            self.refiner: Refiner | None = None
+            if refine and "refiner" in manifest:
+                spec = RefineSpec.from_dict(manifest["refiner"])
+                self.refiner = Refiner(self.bundle.file("refiner"), spec, threads, providers)
 
     def inputs(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Images -> the (B, C, H, W) float32 batch the model takes."""

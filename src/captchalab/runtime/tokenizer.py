@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from captchalab.errors import CaptchalabError
+
 PAD_ID = 0
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -53,9 +55,9 @@ class BertTokenizer:
         self.vocab = {token: index for index, token in enumerate(lines) if token}
         for token in ("[UNK]", "[CLS]", "[SEP]"):
             if token not in self.vocab:
-                raise ValueError(f"{vocab_file}: vocab has no {token} token")
+                raise CaptchalabError(f"{vocab_file}: vocab has no {token} token")
         if lines[PAD_ID] != "[PAD]":
-            raise ValueError(f"{vocab_file}: the first token must be [PAD] (id 0)")
+            raise CaptchalabError(f"{vocab_file}: the first token must be [PAD] (id 0)")
         tokenizer = Tokenizer(models.WordPiece(vocab=self.vocab, unk_token="[UNK]", max_input_chars_per_word=100))
         tokenizer.normalizer = normalizers.BertNormalizer(
             clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from captchalab.errors import CaptchalabError
 
 
 def _atomic(path: Path, write) -> None:  # noqa: ANN001 - write(file_object)
@@ -31,9 +34,24 @@ def save_torch(obj: Any, path: Path) -> None:
 
 
 def load_torch(path: Path, map_location: str = "cpu") -> Any:
+    """A checkpoint of plain data (dicts, lists, tensors, numbers, strings), ours or Chinese-CLIP's.
+
+    ``weights_only``: a ``.pt`` file from elsewhere is never allowed to run code while it is unpickled.
+    """
     import torch
 
-    return torch.load(path, map_location=map_location, weights_only=False)
+    path = Path(path)
+    if not path.is_file():
+        raise CaptchalabError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" in str(error).lower():
+            raise CaptchalabError(f"{path}: holds Python objects besides tensors; refusing to unpickle it") from None
+        raise CaptchalabError(f"{path}: not a PyTorch checkpoint ({error})") from None
+    except Exception as error:  # torch.load raises KeyError, EOFError, RuntimeError, ... on arbitrary bytes
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CaptchalabError(f"{path}: not a PyTorch checkpoint ({reason})") from None
 
 
 def write_json(path: Path, data: Any) -> None:
