@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
+from test_search_commands import error_line
 
 from captchalab.search.client import DISCOVERY
-from captchalab.search.service import index_folder
+from captchalab.search.service import MAX_TEXT, index_folder
 from conftest import CLI, run_cli
 
 pytest.importorskip("fastapi")
@@ -137,3 +139,54 @@ def test_cli_uses_a_running_server(tmp_path: Path, tiny_grid_cells: Path, tiny_g
     (index / DISCOVERY).write_text(json.dumps({"host": "127.0.0.1", "port": 9, "pid": dead.pid}))
     stale = run_cli("search", "query", "--index", str(index), "--text", "猫", check=False)
     assert stale.returncode == 2 and "is gone" in stale.stderr_text  # the stale file was ignored
+
+
+NOT_UTF8 = b"\xff\xfe-latin1-\xe9.png"
+
+
+@pytest.fixture
+def cells(tmp_path: Path, tiny_grid_cells: Path) -> Path:
+    root = tmp_path / "cells"
+    shutil.copytree(tiny_grid_cells / "猫", root)
+    colour = Image.new("RGB", (40, 40), (20, 200, 20))  # like no other cell
+    colour.save(os.fsdecode(os.path.join(os.fsencode(root), NOT_UTF8)), format="PNG")
+    return root
+
+
+def test_server_answers_names_that_are_not_utf8_and_limits_text_as_in_process(cells, tiny_grid_bundle):
+    from fastapi.testclient import TestClient
+
+    from captchalab.search.server import create_app
+
+    odd = os.path.join(os.fsencode(cells), NOT_UTF8)
+    index = index_folder(cells, model=tiny_grid_bundle).index
+    app = create_app(index)
+    with TestClient(app) as client:
+        answer = client.post("/api/query", params={"k": 1}, content=Path(os.fsdecode(odd)).read_bytes())
+        assert answer.status_code == 200
+        assert os.fsencode(answer.json()["results"][0]["path"]).endswith(NOT_UTF8)
+        too_long = client.get("/api/query", params={"text": "猫" * (MAX_TEXT + 1)})
+        assert too_long.status_code == 400
+        assert too_long.json()["error"] == "the query text is 2,001 characters long; the limit is 2,000"
+    app.state.index.close()
+
+
+def test_cli_through_a_running_server_with_odd_names_and_long_text(tmp_path, cells, tiny_grid_bundle):
+    """The server holds the model (the bundle is deleted once it runs), so these answers come through it."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_grid_bundle, bundle)
+    odd = os.fsdecode(os.path.join(os.fsencode(cells), NOT_UTF8))
+    index = index_folder(cells, model=bundle).index
+    server = subprocess.Popen([*CLI, "search", "serve", "--index", str(index), "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        _wait_for(index / DISCOVERY, server)
+        shutil.rmtree(bundle)
+        hits = json.loads(run_cli("search", "query", "--index", str(index), "--image", odd, "-k", "1", "--json").stdout)
+        assert os.fsencode(hits[0]["path"]).endswith(NOT_UTF8)
+        query = ("search", "query", "--index", str(index), "--text")
+        assert "limit is 2,000" in error_line(*query, "猫" * (MAX_TEXT + 1))
+        assert "not valid UTF-8" in error_line(*query, os.fsdecode(b"\xff\xe7\x8c\xab"))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=15)

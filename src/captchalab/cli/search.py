@@ -13,7 +13,7 @@ import typer
 app = typer.Typer(help="Search images by text or by image; dataset helpers.", no_args_is_help=True)
 
 MODEL_HELP = "'default' (the shipped grid model) or a grid bundle folder."
-INDEX_HELP = "Index folder [default: ./.captchalab-index]."
+INDEX_HELP = "Index folder (default: ./.captchalab-index)."
 
 
 def _single_threaded_blas() -> None:
@@ -25,6 +25,17 @@ def _single_threaded_blas() -> None:
             os.environ.setdefault(variable, "1")
 
 
+def _echo_json(data: object) -> None:
+    from captchalab.search.service import to_json
+
+    typer.echo(to_json(data))
+
+
+def _echo_line(line: str) -> None:
+    """A line naming files as they are on disk, even a name that is not valid UTF-8 (its bytes are written)."""
+    typer.echo(line.encode("utf-8", "surrogateescape"))
+
+
 def _index_or_default(index: Path | None) -> Path:
     from captchalab.search.service import INDEX_NAME
 
@@ -34,9 +45,11 @@ def _index_or_default(index: Path | None) -> Path:
 @app.command()
 def index(
     folder: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
-    index_path: Path | None = typer.Option(None, "--index", help="Index folder [default: FOLDER/.captchalab-index]."),
-    model: str = typer.Option("default", "--model", "-m", help=MODEL_HELP),
-    workers: int | None = typer.Option(None, help="Image-reading threads [default: up to 4]."),
+    index_path: Path | None = typer.Option(None, "--index", help="Index folder (default: FOLDER/.captchalab-index)."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help=MODEL_HELP + " Default: the index's own model, or 'default' for a new index."
+    ),
+    workers: int | None = typer.Option(None, help="Image-reading threads (default: up to 4)."),
     batch_size: int = typer.Option(64, help="Images per embedding batch."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -51,7 +64,7 @@ def index(
         )
         typer.echo(f"warning: skipped {len(report.skipped)} unreadable file(s): {shown}", err=True)
     if as_json:
-        typer.echo(json.dumps(run.to_dict(), ensure_ascii=False))
+        _echo_json(run.to_dict())
         return
     typer.echo(
         f"{run.index}: added {report.added}, updated {report.changed}, removed {report.removed}, "
@@ -75,10 +88,10 @@ def query(
 
     hits = run_query(_index_or_default(index_path), text, image, k, model, use_server=not no_server)
     if as_json:
-        typer.echo(json.dumps([hit.to_dict() for hit in hits], ensure_ascii=False))
+        _echo_json([hit.to_dict() for hit in hits])
     else:
         for hit in hits:
-            typer.echo(f"{hit.score:.4f}  {hit.path}")
+            _echo_line(f"{hit.score:.4f}  {hit.path}")
 
 
 @app.command()
@@ -111,10 +124,10 @@ def dupes(
 
     pairs = duplicates(_index_or_default(index_path), threshold)
     if as_json:
-        typer.echo(json.dumps([{"a": a, "b": b, "score": s} for a, b, s in pairs], ensure_ascii=False))
+        _echo_json([{"a": a, "b": b, "score": s} for a, b, s in pairs])
     else:
         for a, b, score in pairs:
-            typer.echo(f"{score:.4f}  {a}  {b}")
+            _echo_line(f"{score:.4f}  {a}  {b}")
         typer.echo(f"{len(pairs)} pair(s) at cosine >= {threshold}", err=True)
 
 
@@ -124,7 +137,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (keep it local: there is no authentication)."),
     port: int = typer.Option(8765, help="Port; 0 picks a free one."),
     model: str | None = typer.Option(None, "--model", "-m", help="Only to check: the index remembers its model."),
-    threads: int | None = typer.Option(None, help="onnxruntime threads per query [default: its own]."),
+    threads: int | None = typer.Option(None, help="onnxruntime threads per query (default: its own)."),
 ) -> None:
     """Keep the model and index in memory and answer queries over HTTP, with a web page at /; until Ctrl-C."""
     _single_threaded_blas()

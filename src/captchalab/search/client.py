@@ -85,14 +85,19 @@ def _request(request: urllib.request.Request) -> object:
         raise ServerUnavailable(str(exc)) from None
 
 
+def _params(values: dict) -> str:
+    """URL parameters; a file name that is not valid UTF-8 (surrogate escapes) is sent as its bytes."""
+    return urllib.parse.urlencode(values, errors="surrogateescape")
+
+
 def query_text(server: ServerInfo, text: str, k: int) -> list[dict]:
-    params = urllib.parse.urlencode({"text": text, "k": k})
+    params = _params({"text": text, "k": k})
     answer = _request(urllib.request.Request(f"{server.url}/api/query?{params}"))
     return answer["results"]  # type: ignore[index]
 
 
 def query_image(server: ServerInfo, data: bytes, name: str, k: int) -> list[dict]:
-    params = urllib.parse.urlencode({"k": k, "name": name})
+    params = _params({"k": k, "name": name})
     request = urllib.request.Request(
         f"{server.url}/api/query?{params}",
         data=data,

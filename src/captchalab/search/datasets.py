@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from captchalab.errors import CaptchalabError
-from captchalab.imaging import IMAGE_SUFFIXES, load_image
+from captchalab.imaging import IMAGE_SUFFIXES, MAX_PIXELS, load_image
 from captchalab.progress import track
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,18 @@ def _check_ratios(ratios: tuple[float, float, float]) -> tuple[float, float, flo
     return (ratios[0] / total, ratios[1] / total, ratios[2] / total)
 
 
+def _check_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``size`` as (width, height): positive, and no larger than the largest image captchalab reads."""
+    if size is None:
+        return None
+    width, height = (size, size) if isinstance(size, int) else size
+    if width < 1 or height < 1:
+        raise CaptchalabError(f"bad --size {width}x{height}: width and height must be at least 1")
+    if width * height > MAX_PIXELS:
+        raise CaptchalabError(f"bad --size {width}x{height}: over the {MAX_PIXELS:,}-pixel limit for one image")
+    return width, height
+
+
 def split_class_folders(
     class_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -72,13 +84,13 @@ def split_class_folders(
     """
     class_dir, out = Path(class_dir), Path(out)
     ratios = _check_ratios(tuple(ratios))  # type: ignore[arg-type]
+    target = _check_size(size)
     if not class_dir.is_dir():
         raise CaptchalabError(f"{class_dir}: no such folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CaptchalabError(f"{out}: already exists and is not empty; choose a new output folder")
     if out.resolve().is_relative_to(class_dir.resolve()):
         raise CaptchalabError(f"{out}: the output folder must not be inside the class folder {class_dir}")
-    target = (size, size) if isinstance(size, int) else size
     classes = {d.name: _images_under(d) for d in sorted(class_dir.iterdir()) if d.is_dir()}
     if not any(classes.values()):
         raise CaptchalabError(f"{class_dir}: no class sub-folders with images found")

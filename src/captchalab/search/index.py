@@ -27,7 +27,7 @@ from captchalab.search import ann as ann_lib
 from captchalab.search.embedder import ImageEmbedder, embed_images_checked, embed_texts_checked, normalize_rows
 from captchalab.search.exact import SCORE_BUDGET_BYTES, exact_topk
 from captchalab.search.scan import FileStat, Job, Loaded, load_batches, scan_images
-from captchalab.search.store import META, FileEntry, Snapshot, Store, no_index_error
+from captchalab.search.store import INDEX_NAME, META, FileEntry, Snapshot, Store, no_index_error, removed_error
 
 log = logging.getLogger(__name__)
 
@@ -203,12 +203,14 @@ class ImageIndex:
         batch_size: int = 64,
         workers: int | None = None,
         commit_every: int = COMMIT_EVERY,
+        model_spec: str | None = None,
     ) -> UpdateReport:
         """Embed new and changed images under ``root``, drop deleted ones, list unreadable ones.
 
         Files whose size and mtime match the index are only stat()ed. Work is committed every ``commit_every``
         images, so an interrupted update keeps what it committed and the next one finishes the job. A folder
         with no images at all is refused (rather than emptying the index, e.g. when a drive is not mounted).
+        ``model_spec``, if given, is recorded as how to load the model (see ``set_model_spec``).
         """
         self.check_model(embedder)
         root = Path(root)
@@ -217,9 +219,11 @@ class ImageIndex:
         root = root.resolve()
         workers = min(4, os.cpu_count() or 1) if workers is None else workers
         with self.store.writer():
+            if not (self.path / META).is_file():
+                raise removed_error(self.path)
             store = Store.open(self.path)  # its own connection: searches from other threads go on meanwhile
             try:
-                report = _update(store, root, embedder, batch_size, workers, commit_every)
+                report = _update(store, root, embedder, batch_size, workers, commit_every, model_spec)
             finally:
                 store.close()
             if len(self) >= self.ann_threshold:
@@ -368,20 +372,24 @@ class ImageIndex:
 
 
 def _update(
-    store: Store, root: Path, embedder: ImageEmbedder, batch_size: int, workers: int, commit_every: int
+    store: Store,
+    root: Path,
+    embedder: ImageEmbedder,
+    batch_size: int,
+    workers: int,
+    commit_every: int,
+    model_spec: str | None = None,
 ) -> UpdateReport:
     """The body of ``ImageIndex.update``, run with the write lock held."""
     store.clean_orphans()
     ann_lib.remove_stale_files(store.folder)
-    files = scan_images(root, exclude=[store.folder])
-    if not files:
-        raise CaptchalabError(f"{root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
-    known_root = store.get_info("root")
-    if known_root and known_root != str(root) and store.count():
-        raise CaptchalabError(f"{store.folder}: this index holds images of {known_root}, not {root}; use another index")
-    with store.transaction():
-        store.set_info("root", str(root))
-    report, jobs = _plan(store, files)
+    scan = scan_images(root, exclude=[store.folder])
+    if not scan.files:
+        unlisted = f"; {len(scan.skipped)} skipped, e.g. {scan.skipped[0]}" if scan.skipped else ""
+        raise CaptchalabError(f"{root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)}){unlisted}")
+    _check_root(store, root, model_spec)
+    report, jobs = _plan(store, scan.files)
+    report.skipped[:0] = scan.skipped
     pending = _Pending(store, commit_every)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="index-read") if workers > 1 else None
     try:
@@ -399,22 +407,45 @@ def _update(
     return report
 
 
+def _check_root(store: Store, root: Path, model_spec: str | None = None) -> None:
+    """Record ``root`` as the indexed folder. Another folder is refused, unless the index lives inside the folder
+    it indexes at the same place as before: then the folder was moved or renamed and the index follows it."""
+    known_root = store.get_info("root")
+    try:
+        inside = store.folder.resolve().relative_to(root).as_posix()
+    except ValueError:
+        inside = None
+    if known_root and known_root != str(root) and store.count():
+        if inside is None or inside != store.get_info("index_at", INDEX_NAME):
+            raise CaptchalabError(
+                f"{store.folder}: this index holds images of {known_root}, not {root}; use another index"
+            )
+        log.warning("%s: the indexed folder moved from %s to %s; the index follows it", store.folder, known_root, root)
+    with store.transaction():
+        store.set_info("root", str(root))
+        store.set_info("index_at", inside)  # where the index sits inside the folder (None: outside it)
+        if model_spec is not None:
+            store.set_info("model_spec", model_spec)
+
+
 def _plan(store: Store, files: list[FileStat]) -> tuple[UpdateReport, list[Job]]:
     """Sort files into unchanged (stat matches), to read, and removed; commit the removals."""
     known, known_skipped = store.known_files(), store.known_skipped()
-    report, jobs = UpdateReport(), []
+    report, jobs, stale = UpdateReport(), [], []
     for stat in files:
         old = known.get(stat.path)
         bad = known_skipped.get(stat.path)
-        if old is not None and (old.size, old.mtime_ns) == (stat.size, stat.mtime_ns):
-            report.unchanged += 1
-        elif old is None and bad is not None and bad[:2] == (stat.size, stat.mtime_ns):
+        if bad is not None and bad[:2] == (stat.size, stat.mtime_ns):
             report.skipped.append(bad[2])  # still the same unreadable file: not read again
+            if old is not None:
+                stale.append(stat.path)  # its vector is of content it no longer has
+        elif old is not None and (old.size, old.mtime_ns) == (stat.size, stat.mtime_ns):
+            report.unchanged += 1
         else:
             jobs.append(Job(stat, old.sha256 if old else None))
     on_disk = {stat.path for stat in files}
     removed = [path for path in known if path not in on_disk]
-    store.remove(removed, [path for path in known_skipped if path not in on_disk])
+    store.remove(removed + stale, [path for path in known_skipped if path not in on_disk])
     report.removed = len(removed)
     return report, jobs
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
@@ -23,30 +24,45 @@ class FileStat:
     mtime_ns: int
 
 
-def scan_images(root: Path, exclude: Iterable[Path] = ()) -> list[FileStat]:
-    """Every image file under ``root`` (recursive, by suffix), sorted by path; symlinked folders are not followed."""
+@dataclass(frozen=True)
+class Scan:
+    files: list[FileStat]  # sorted by path
+    skipped: list[str]  # one line per sub-folder that could not be listed or image-named non-file
+
+
+def scan_images(root: Path, exclude: Iterable[Path] = ()) -> Scan:
+    """Every regular image file under ``root`` (recursive, by suffix), sorted by path; symlinked folders are not
+    followed. A named pipe or device called ``x.png`` is never opened, and a sub-folder that cannot be listed is
+    reported in ``skipped`` rather than silently missing."""
     skip = {os.path.normcase(os.path.realpath(p)) for p in exclude}
     found: list[FileStat] = []
+    skipped: list[str] = []
     stack = [root]
     while stack:
         folder = stack.pop()
         try:
             entries = list(os.scandir(folder))
-        except OSError:
-            continue  # unreadable sub-folder: nothing we can index there
+        except OSError as exc:
+            if folder == root:
+                raise CaptchalabError(f"{root}: cannot list the folder ({exc.strerror or exc})") from None
+            skipped.append(f"{folder}: cannot list the folder ({exc.strerror or exc})")
+            continue
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 if os.path.normcase(os.path.realpath(entry.path)) not in skip:
                     stack.append(Path(entry.path))
             elif entry.name.lower().endswith(IMAGE_SUFFIXES):
                 try:
-                    stat = entry.stat()
+                    info = entry.stat()
                 except OSError:
                     continue  # vanished, or a dangling link
+                if not stat.S_ISREG(info.st_mode):
+                    skipped.append(f"{entry.path}: not a regular file")
+                    continue
                 rel = Path(entry.path).relative_to(root).as_posix()
-                found.append(FileStat(rel, stat.st_size, stat.st_mtime_ns))
+                found.append(FileStat(rel, info.st_size, info.st_mtime_ns))
     found.sort(key=lambda f: f.path)
-    return found
+    return Scan(found, sorted(skipped))
 
 
 def read_bytes(path: Path) -> bytes:

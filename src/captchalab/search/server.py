@@ -26,7 +26,7 @@ from captchalab.search import client
 from captchalab.search.index import ImageIndex
 from captchalab.search.models import model_for_index
 from captchalab.search.page import PAGE
-from captchalab.search.service import MAX_K, search
+from captchalab.search.service import MAX_K, check_query, search, to_json
 from captchalab.search.store import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -63,15 +63,21 @@ def create_app(index_path: str | os.PathLike, model: str | os.PathLike | None = 
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 
+    class Json(JSONResponse):
+        def render(self, content: object) -> bytes:
+            return to_json(content).encode("utf-8")  # file names that are not valid UTF-8 too
+
     index = ImageIndex.open(index_path)
     embedder = model_for_index(index, model, threads)
     embedder.load_all()  # both towers in memory now: queries never pay (or depend on) loading
     _warm_up(index)
-    app = fastapi.FastAPI(title="captchalab search", docs_url=None, redoc_url=None, openapi_url=None)
+    app = fastapi.FastAPI(
+        title="captchalab search", docs_url=None, redoc_url=None, openapi_url=None, default_response_class=Json
+    )
     app.state.index, app.state.embedder = index, embedder
 
     def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+        return Json({"error": message}, status_code=status)
 
     @app.exception_handler(CaptchalabError)
     async def _user_error(request: object, exc: CaptchalabError) -> JSONResponse:
@@ -98,8 +104,9 @@ def create_app(index_path: str | os.PathLike, model: str | os.PathLike | None = 
     k_param = fastapi.Query(10, ge=1, le=MAX_K)
 
     @app.get("/api/query")
-    def query_text(text: str = fastapi.Query(..., min_length=1, max_length=2000), k: int = k_param) -> dict:
+    def query_text(text: str = fastapi.Query(...), k: int = k_param) -> dict:
         started = time.perf_counter()
+        check_query(text, None, k)  # the same limits as an in-process query, in the same words
         return answer({"text": text, "k": k}, started, search(index, embedder, text, None, k))
 
     @app.post("/api/query")
@@ -111,7 +118,7 @@ def create_app(index_path: str | os.PathLike, model: str | os.PathLike | None = 
         if len(data) > MAX_UPLOAD_BYTES:
             return error(413, f"{name}: {len(data):,} bytes, over the {MAX_UPLOAD_BYTES:,}-byte upload limit")
         hits = await run_in_threadpool(lambda: search(index, embedder, None, load_image(data, name=name), k))
-        return JSONResponse(answer({"image": name, "k": k}, started, hits))
+        return Json(answer({"image": name, "k": k}, started, hits))
 
     @app.get("/api/info")
     def info() -> dict:

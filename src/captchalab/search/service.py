@@ -4,10 +4,10 @@ server when there is one), classify an image against labels, list near-duplicate
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +20,13 @@ from captchalab.search import client
 from captchalab.search.embedder import embed_images_checked, embed_texts_checked
 from captchalab.search.index import Hit, ImageIndex, UpdateReport
 from captchalab.search.models import label_texts, load_model, model_for_index, model_spec
-from captchalab.search.store import META, no_index_error
+from captchalab.search.store import INDEX_NAME, META, no_index_error
 
 log = logging.getLogger(__name__)
 
-INDEX_NAME = ".captchalab-index"  # the default index folder, inside the indexed folder (and never indexed)
 MAX_K = 1000
+MAX_TEXT = 2000  # characters in a text query, in-process and through the server alike
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # One query embeds one image or text: onnxruntime's thread pool costs more to start and tear down (~0.3 s on 2 cores)
 # than it saves, so one-shot commands run the model on one thread; the server keeps onnxruntime's default.
 ONE_SHOT_THREADS = 1
@@ -56,32 +57,40 @@ def default_index(folder: str | os.PathLike) -> Path:
 def index_folder(
     folder: str | os.PathLike,
     index_path: str | os.PathLike | None = None,
-    model: str | os.PathLike = "default",
+    model: str | os.PathLike | None = None,
     workers: int | None = None,
     batch_size: int = 64,
 ) -> IndexRun:
-    """Create or update the index of ``folder`` with ``model``; only new and changed images are embedded."""
+    """Create or update the index of ``folder``; only new and changed images are embedded. ``model`` defaults
+    to the one an existing index records, else the shipped default."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CaptchalabError(f"{folder}: no such folder")
     if batch_size < 1:
         raise CaptchalabError(f"--batch-size must be at least 1, not {batch_size}")
     index_path = Path(index_path) if index_path is not None else default_index(folder)
-    embedder = load_model(model)
-    created = not (index_path / META).is_file()
+    spec, embedder = _model_to_index_with(index_path, model)
     index = ImageIndex.open(index_path, embedder, create=True)
     try:
-        index.set_model_spec(model_spec(model))
         start = time.perf_counter()
-        report = index.update(folder, embedder, batch_size=batch_size, workers=workers)
+        report = index.update(folder, embedder, batch_size=batch_size, workers=workers, model_spec=spec)
         return IndexRun(index_path, report, time.perf_counter() - start)
     except CaptchalabError:
-        if created and len(index) == 0:  # e.g. an empty folder: leave no empty index behind
-            index.close()
-            shutil.rmtree(index_path, ignore_errors=True)
+        if index.store.discard_if_empty():  # e.g. an empty folder: leave no empty index of ours behind
+            log.debug("%s: removed the empty index this run created", index_path)
         raise
     finally:
         index.close()
+
+
+def _model_to_index_with(index_path: Path, model: str | os.PathLike | None) -> tuple[str | None, object]:
+    """(spec to record or None to keep the recorded one, loaded model): ``model``, else the index's own model."""
+    if model is None and (index_path / META).is_file():
+        with ImageIndex.open(index_path) as existing:
+            if existing.model_spec is not None:
+                return None, model_for_index(existing)
+    spec = model_spec(model if model is not None else "default")
+    return spec, load_model(spec)
 
 
 def check_query(text: str | None, image: str | os.PathLike | None, k: int) -> None:
@@ -89,8 +98,20 @@ def check_query(text: str | None, image: str | os.PathLike | None, k: int) -> No
         raise CaptchalabError("give either --text TEXT or --image PATH (exactly one)")
     if text is not None and not text.strip():
         raise CaptchalabError("the query text is empty")
+    if text is not None and len(text) > MAX_TEXT:
+        raise CaptchalabError(f"the query text is {len(text):,} characters long; the limit is {MAX_TEXT:,}")
+    if text is not None and _LONE_SURROGATE.search(text):
+        raise CaptchalabError("the query text is not valid UTF-8; check the terminal's encoding")
     if not 1 <= k <= MAX_K:
         raise CaptchalabError(f"-k must be between 1 and {MAX_K}, not {k}")
+
+
+def to_json(data: object) -> str:
+    """JSON with non-ASCII text as it is, except a file name that is not valid UTF-8: its undecodable bytes
+    (surrogate escapes) become ``\\udcXX`` escapes, so the output stays valid UTF-8 and ``os.fsencode`` of the
+    parsed string gives the name back."""
+    text = json.dumps(data, ensure_ascii=False)
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def search(index: ImageIndex, embedder: object, text: str | None, image: ImageInput | None, k: int) -> list[Hit]:

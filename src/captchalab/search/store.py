@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 FORMAT = "captchalab-image-index"
 VERSION = 1
 META, DB, SEGMENTS, LOCK = "meta.json", "index.sqlite", "segments", "lock"
+INDEX_NAME = ".captchalab-index"  # the default index folder, inside the indexed folder (and never indexed)
+OWN_NAMES = frozenset({META, DB, f"{DB}-wal", f"{DB}-shm", f"{DB}-journal", SEGMENTS, LOCK})  # what creation makes
 BIG_SEGMENT = 65_536  # segments with at least this many rows are left alone by compaction unless mostly dead
 MIN_LIVE_FRACTION = 0.75
 
@@ -121,8 +124,42 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _did_you_mean(folder: Path) -> str:
+    """A hint when ``folder`` is the indexed folder, not its index (``photos`` for ``photos/.captchalab-index``)."""
+    inner = folder / INDEX_NAME
+    return f"; did you mean --index {inner}?" if (inner / META).is_file() else ""
+
+
+def _ours(name: str) -> bool:
+    """Whether ``name`` in an index folder is something creating an index makes (a half-made index's leftovers)."""
+    return name in OWN_NAMES or (name.startswith(f".{META}.") and name.endswith(".tmp"))
+
+
 def no_index_error(folder: Path) -> CaptchalabError:
-    return CaptchalabError(f"{folder}: no index here; run 'captchalab search index DIR' first")
+    hint = _did_you_mean(folder) or "; run 'captchalab search index DIR' first"
+    return CaptchalabError(f"{folder}: no index here{hint}")
+
+
+def busy_error(folder: Path) -> CaptchalabError:
+    return CaptchalabError(f"{folder}: another process is updating this index; try again when it has finished")
+
+
+def removed_error(folder: Path) -> CaptchalabError:
+    return CaptchalabError(f"{folder}: the index was removed meanwhile (by another run that failed); try again")
+
+
+def to_db(value: str) -> str | bytes:
+    """A path as SQLite can keep it: text, or its raw bytes where the name is not valid UTF-8 (surrogateescape)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(value)
+    return value
+
+
+def from_db(value: object) -> object:
+    """The inverse of ``to_db``: a stored BLOB path becomes the ``str`` os functions accept again."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 class Store:
@@ -131,9 +168,19 @@ class Store:
     def __init__(self, folder: Path, meta: dict) -> None:
         self.folder = folder
         self.meta = meta
+        self.made: list[str] = []  # names this process created in the folder ("." for the folder itself)
         self.conn = sqlite3.connect(folder / DB, isolation_level=None, check_same_thread=False, timeout=60)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")  # compaction deletes files after commit: commits must stick
+        try:
+            if self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                self.conn.execute("PRAGMA journal_mode=WAL")  # needs an exclusive lock: only done once, at creation
+            self.conn.execute("PRAGMA synchronous=FULL")  # compaction deletes files after commit: commits must stick
+        except sqlite3.OperationalError as exc:
+            self.conn.close()
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise busy_error(folder) from None
+            if not (folder / DB).is_file():
+                raise removed_error(folder) from None
+            raise CaptchalabError(f"{folder / DB}: cannot open the index database ({exc})") from None
 
     @property
     def model_id(self) -> str:
@@ -164,19 +211,64 @@ class Store:
 
     @classmethod
     def create(cls, folder: str | os.PathLike, model_id: str, dim: int) -> Store:
-        """Make a new empty index folder (or finish one whose creation was interrupted)."""
+        """Make a new empty index folder (or finish one whose creation was interrupted), holding the write lock.
+
+        A second process creating the same index at the same time is refused (or opens the finished index);
+        ``made`` lists what this call created, so a failed first run can remove exactly that.
+        """
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
             raise CaptchalabError(f"{folder}: exists and is not a folder; choose another index path")
-        ours = {DB, f"{DB}-wal", f"{DB}-shm", SEGMENTS, LOCK}
-        if folder.is_dir() and any(p.name not in ours for p in folder.iterdir()):
-            raise CaptchalabError(f"{folder}: folder is not empty and holds no index; choose another index path")
-        (folder / SEGMENTS).mkdir(parents=True, exist_ok=True)
-        meta = {"format": FORMAT, "version": VERSION, "model_id": model_id, "dim": int(dim)}
-        store = cls(folder, meta)
-        store.conn.executescript(SCHEMA)
-        write_json_atomic(folder / META, meta)  # last: until it exists, the folder is not an index
+        before: set[str] | None = None  # what was there already; None: this call made the folder
+        try:
+            folder.mkdir(parents=True)  # atomic: of two processes creating the index, one makes the folder
+        except FileExistsError:
+            try:
+                before = {p.name for p in folder.iterdir()}
+            except OSError as exc:
+                raise CaptchalabError(f"{folder}: cannot list the index folder ({exc.strerror or exc})") from None
+        except OSError as exc:
+            raise CaptchalabError(f"{folder}: cannot create the index folder ({exc.strerror or exc})") from None
+        if before is not None and any(not _ours(name) for name in before):
+            hint = _did_you_mean(folder) or "; choose another index path"
+            raise CaptchalabError(f"{folder}: folder is not empty and holds no index{hint}")
+        with _lock(folder):
+            if (folder / META).is_file():  # another process finished creating it meanwhile
+                return cls.open(folder)
+            (folder / SEGMENTS).mkdir(exist_ok=True)
+            meta = {"format": FORMAT, "version": VERSION, "model_id": model_id, "dim": int(dim)}
+            store = cls(folder, meta)
+            store.conn.executescript(SCHEMA)
+            write_json_atomic(folder / META, meta)  # last: until it exists, the folder is not an index
+        store.made = ["."] if before is None else sorted(OWN_NAMES - before)
         return store
+
+    def discard_if_empty(self) -> bool:
+        """Remove what ``create`` made here if the index is still empty (e.g. the first run found no images).
+
+        Done under the write lock, and only for what this process created: an index another process is
+        filling, or a folder the user made, is left alone. Returns whether anything was removed.
+        """
+        if not self.made:
+            return False
+        try:
+            with self.writer():
+                if self.count():
+                    return False
+                self.close()
+                if self.made == ["."]:
+                    shutil.rmtree(self.folder, ignore_errors=True)
+                else:
+                    for name in self.made:
+                        path = self.folder / name
+                        if path.is_dir():
+                            shutil.rmtree(path, ignore_errors=True)
+                        else:
+                            path.unlink(missing_ok=True)
+        except CaptchalabError:  # another process holds the lock: the index is its now
+            return False
+        self.made = []
+        return True
 
     def close(self) -> None:
         self.conn.close()
@@ -193,20 +285,9 @@ class Store:
             raise
         self.conn.execute("COMMIT")
 
-    @contextlib.contextmanager
-    def writer(self) -> Iterator[None]:
+    def writer(self) -> contextlib.AbstractContextManager[None]:
         """Hold the folder's write lock; a second writer gets a one-line error instead of waiting."""
-        with open(self.folder / LOCK, "a+b") as handle:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise CaptchalabError(f"{self.folder}: another process is updating this index") from None
-            try:
-                yield
-            finally:
-                if fcntl is not None:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return _lock(self.folder)
 
     def _bump(self, key: str) -> None:
         self.conn.execute(
@@ -215,9 +296,10 @@ class Store:
 
     def get_info(self, key: str, default: object = None) -> object:
         row = self.conn.execute("SELECT value FROM info WHERE key = ?", (key,)).fetchone()
-        return default if row is None else row[0]
+        return default if row is None else from_db(row[0])
 
     def set_info(self, key: str, value: object) -> None:
+        value = to_db(value) if isinstance(value, str) else value
         self.conn.execute("INSERT OR REPLACE INTO info(key, value) VALUES (?, ?)", (key, value))
 
     def counters(self) -> tuple[int, int]:
@@ -231,10 +313,11 @@ class Store:
 
     def known_files(self) -> dict[str, FileEntry]:
         query = "SELECT path, size, mtime_ns, sha256 FROM files"
-        return {r[0]: FileEntry(*r) for r in self.conn.execute(query)}
+        return {entry.path: entry for entry in (FileEntry(from_db(r[0]), *r[1:]) for r in self.conn.execute(query))}
 
     def known_skipped(self) -> dict[str, tuple[int, int, str]]:
-        return {r[0]: (r[1], r[2], r[3]) for r in self.conn.execute("SELECT path, size, mtime_ns, reason FROM skipped")}
+        query = "SELECT path, size, mtime_ns, reason FROM skipped"
+        return {from_db(r[0]): (r[1], r[2], r[3]) for r in self.conn.execute(query)}
 
     def paths(self, rows: Iterable[int]) -> dict[int, str]:
         wanted = sorted({int(r) for r in rows if r >= 0})
@@ -242,7 +325,7 @@ class Store:
         for start in range(0, len(wanted), 500):
             part = wanted[start : start + 500]
             query = f"SELECT row, path FROM files WHERE row IN ({','.join('?' * len(part))})"
-            found.update(self.conn.execute(query, part))
+            found.update((row, from_db(path)) for row, path in self.conn.execute(query, part))
         return found
 
     def snapshot(self) -> Snapshot:
@@ -310,31 +393,37 @@ class Store:
         touched: Sequence[FileEntry] = (),
         skipped: Sequence[tuple[str, int, int, str]] = (),
     ) -> None:
-        """Add (or replace) ``entries`` with their vectors, record touched stats and skipped files: one commit."""
+        """Add (or replace) ``entries`` with their vectors, record touched stats and skipped files: one commit.
+
+        A skipped file loses any vector it had: an indexed image that became unreadable is no longer found.
+        """
         name = self._write_segment(vectors) if len(entries) else None
         with self.transaction() as conn:
             if name is not None:
                 seg_id = conn.execute("INSERT INTO segments(name, n) VALUES (?, ?)", (name, len(entries))).lastrowid
                 # a changed file gets a new row id (so the approximate index sees it as removed + added)
-                conn.executemany("DELETE FROM files WHERE path = ?", [(e.path,) for e in entries])
+                conn.executemany("DELETE FROM files WHERE path = ?", [(to_db(e.path),) for e in entries])
                 conn.executemany(
                     "INSERT INTO files(path, size, mtime_ns, sha256, segment, pos) VALUES (?, ?, ?, ?, ?, ?)",
-                    [(e.path, e.size, e.mtime_ns, e.sha256, seg_id, i) for i, e in enumerate(entries)],
+                    [(to_db(e.path), e.size, e.mtime_ns, e.sha256, seg_id, i) for i, e in enumerate(entries)],
                 )
-                conn.executemany("DELETE FROM skipped WHERE path = ?", [(e.path,) for e in entries])
-                self._bump("generation")
+                conn.executemany("DELETE FROM skipped WHERE path = ?", [(to_db(e.path),) for e in entries])
             conn.executemany(
                 "UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?",
-                [(e.size, e.mtime_ns, e.path) for e in touched],
+                [(e.size, e.mtime_ns, to_db(e.path)) for e in touched],
             )
+            dropped = conn.executemany("DELETE FROM files WHERE path = ?", [(to_db(s[0]),) for s in skipped]).rowcount
             conn.executemany(
-                "INSERT OR REPLACE INTO skipped(path, size, mtime_ns, reason) VALUES (?, ?, ?, ?)", skipped
+                "INSERT OR REPLACE INTO skipped(path, size, mtime_ns, reason) VALUES (?, ?, ?, ?)",
+                [(to_db(path), *rest) for path, *rest in skipped],
             )
+            if name is not None or dropped > 0:
+                self._bump("generation")
 
     def remove(self, paths: Sequence[str], forget_skipped: Sequence[str] = ()) -> None:
         with self.transaction() as conn:
-            conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
-            conn.executemany("DELETE FROM skipped WHERE path = ?", [(p,) for p in forget_skipped])
+            conn.executemany("DELETE FROM files WHERE path = ?", [(to_db(p),) for p in paths])
+            conn.executemany("DELETE FROM skipped WHERE path = ?", [(to_db(p),) for p in forget_skipped])
             if paths:
                 self._bump("generation")
 
@@ -379,5 +468,25 @@ class Store:
             self._bump("layout")
         for name in [name for _, name in empty] + [name for _, name, _ in merge]:
             (self.folder / SEGMENTS / name).unlink(missing_ok=True)
-        log.info("compacted %d segment(s) into one, dropped %d empty", len(merge), len(empty))
+        log.debug("compacted %d segment(s) into one, dropped %d empty", len(merge), len(empty))
         return True
+
+
+@contextlib.contextmanager
+def _lock(folder: Path) -> Iterator[None]:
+    """flock() the folder's lock file without waiting: a second writer is refused in one line."""
+    try:
+        handle = open(folder / LOCK, "a+b")
+    except OSError as exc:
+        raise CaptchalabError(f"{folder / LOCK}: cannot open the index's lock file ({exc.strerror or exc})") from None
+    with handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise busy_error(folder) from None
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
