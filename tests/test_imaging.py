@@ -125,3 +125,13 @@ def test_other_inputs_are_loaded_or_refused_clearly():
         load_image(lazy_truncated)
     with pytest.raises(CaptchalabError, match="over the 100-pixel limit"):
         load_image(Image.new("RGB", (20, 10)), max_pixels=100)
+
+
+def test_transparency_is_shown_on_white():
+    ink = np.zeros((8, 8, 4), dtype=np.uint8)  # black everywhere; only the alpha says where the ink is
+    ink[2:6, 2:6, 3] = 255
+    rgb = np.asarray(load_image(ink))
+    assert rgb[0, 0].tolist() == [255, 255, 255] and rgb[3, 3].tolist() == [0, 0, 0]
+    grey_alpha = Image.fromarray(ink[..., 3]).convert("LA")
+    grey_alpha.putalpha(Image.fromarray(ink[..., 3]))
+    assert np.asarray(load_image(grey_alpha))[0, 0].tolist() == [255, 255, 255]

@@ -100,7 +100,8 @@ def _decoding(label: str) -> Iterator[None]:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB. Pillow's own conversion clips 16-bit and 32-bit grey (modes I;16, I, F) to 255,
     which turns a 16-bit PNG white; these are scaled down instead (16-bit range when the values fit it).
-    Always a new image, as ``convert`` gives: the caller may close the original."""
+    Transparency is composited onto white. Always a new image, as ``convert`` gives: the caller may close the
+    original."""
     if image.mode.startswith("I") or image.mode == "F":
         values = np.asarray(image, dtype=np.float64)
         top = float(values.max()) if values.size else 0.0
@@ -108,6 +109,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
             values = values / (257.0 if top <= 65535 else top / 255.0)
         grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        # transparent pixels are shown on white (as a web page shows them), not as the colour they happen to store:
+        # black ink on a transparent canvas must not become black on black
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
     return image.convert("RGB")
 
 

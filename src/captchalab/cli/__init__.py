@@ -45,3 +45,7 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except SystemExit as exc:
+        if exc.code == 130:  # typer turns Ctrl-C into Exit(130) before it reaches the handler above
+            typer.echo("interrupted", err=True)
+        raise
