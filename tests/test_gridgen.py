@@ -296,6 +296,7 @@ def test_cli_cells_then_dataset_build_and_grids_from_cells(library: Path, tmp_pa
         (["generate", "{out}", "--count", "2", "--cells", "{tmp}/empty", "--add-styles", "flat"], "not --cells"),
         (["generate", "{out}", "--count", "2", "--icons", "{lib}", "--add-styles", "nope"], "unknown style nope"),
         (["cells", "{out}", "--per-word", "0", "--icons", "{lib}"], "--per-word must be at least 1"),
+        (["generate", "{out}", "--count", "1", "--icons", "{lib}", "--cell-size", "2100"], "16 to 1024 px"),
         (["cells", "{tmp}/busy", "--per-word", "1", "--icons", "{lib}"], "not empty"),
     ],
 )
@@ -310,3 +311,34 @@ def test_cli_errors_are_one_line(library: Path, tmp_path: Path, args: list[str],
     assert result.returncode == 2, result.stderr_text
     assert "Traceback" not in result.stderr_text and len(result.stderr_text.strip().splitlines()) == 1
     assert message in result.stderr_text
+
+
+def test_cli_never_takes_over_a_folder_that_only_looks_like_its_output(library: Path, tmp_path: Path):
+    # an icon library (its index is also words.json) and a project folder with its own summary.json
+    fake_cells = tmp_path / "lib"
+    (fake_cells / "猫").mkdir(parents=True)
+    (fake_cells / "words.json").write_text('{"words": [{"word": "猫"}]}', encoding="utf-8")
+    (fake_cells / "猫" / "mine.txt").write_text("the user's")
+    fake_grids = tmp_path / "proj"
+    (fake_grids / "grids").mkdir(parents=True)
+    (fake_grids / "summary.json").write_text('{"my": "notes"}', encoding="utf-8")
+    (fake_grids / "grids" / "photo.png").write_bytes(b"the user's")
+    cells = run_cli("grid", "cells", str(fake_cells), "--per-word", "1", "--icons", str(library), check=False)
+    grids = run_cli("grid", "generate", str(fake_grids), "--count", "1", "--icons", str(library), check=False)
+    for result in (cells, grids):
+        assert result.returncode == 2 and "holds no earlier" in result.stderr_text
+    assert (fake_cells / "猫" / "mine.txt").is_file() and (fake_grids / "grids" / "photo.png").is_file()
+    assert json.loads((fake_grids / "summary.json").read_text(encoding="utf-8")) == {"my": "notes"}
+
+
+def test_failed_run_can_be_rerun_into_its_folder(library: Path, tmp_path: Path):
+    out = tmp_path / "grids"
+    from captchalab.data.gridgen import _prepare_out
+
+    _prepare_out(out, "grids")  # what a run leaves when it is killed right after making OUT
+    (out / "grids").mkdir()
+    (out / "grids" / "00000.png").write_bytes(b"half-written")
+    result = run_cli("grid", "generate", str(out), "--count", "2", "--icons", str(library), "--cell-size", "32")
+    assert "wrote 2 grids" in result.stdout_text
+    assert sorted(p.name for p in (out / "grids").iterdir()) == ["00000.png", "00001.png"]
+    assert (out / "grids" / "00000.png").read_bytes().startswith(b"\x89PNG")

@@ -225,9 +225,12 @@ def parse_layout(text: str) -> list[str]:
     return [text]
 
 
+MIN_CELL, MAX_CELL = 16, 1024
+
+
 def _check_size_and_seed(cell_size: int, seed: int) -> None:
-    if cell_size < 16:
-        raise CaptchalabError(f"--cell-size must be at least 16, got {cell_size}")
+    if not MIN_CELL <= cell_size <= MAX_CELL:  # a 3x3 grid of 1024 px cells is 9.5 Mpx, well under the solver's limit
+        raise CaptchalabError(f"--cell-size must be {MIN_CELL} to {MAX_CELL} px, got {cell_size}")
     if seed < 0:
         raise CaptchalabError(f"--seed must be 0 or more, got {seed}")
 
@@ -375,13 +378,38 @@ def _run(jobs: list, worker, config: object, workers: int, description: str) -> 
         return list(track(pool.map(worker, jobs, chunksize=16), len(jobs), description))
 
 
-def _prepare_out(out: Path, marker: str) -> None:
-    """Create ``out``, or reuse it when it holds an earlier output of ours (``marker`` file); refuse otherwise."""
+CELLS_FORMAT = "captchalab-grid-cells"
+OUTPUT_MARKERS = {"grids": ".captchalab-grids", "cells": ".captchalab-cells"}  # written first: "this folder is ours"
+
+
+def _is_ours(out: Path, kind: str) -> bool:
+    """Whether ``out`` holds an earlier (maybe unfinished) output of ``grid generate`` / ``grid cells``."""
+    if (out / OUTPUT_MARKERS[kind]).is_file():
+        return True
+    # outputs made before the marker existed: recognised by their summary's own fields, never by its name alone
+    summary = out / ("summary.json" if kind == "grids" else "words.json")
+    try:
+        data = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    return {"count", "word_list", "layouts"} <= data.keys() if kind == "grids" else data.get("format") == CELLS_FORMAT
+
+
+def _prepare_out(out: Path, kind: str) -> None:
+    """Create ``out`` (marked as ours before anything else is written, so a failed run can be rerun into it), or
+    reuse it when it holds an earlier output of the same kind; refuse any other non-empty folder."""
     if out.exists() and not out.is_dir():
         raise CaptchalabError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
-        raise CaptchalabError(f"{out}: folder is not empty and holds no {marker} of an earlier run; choose another")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        if out.is_dir() and any(out.iterdir()) and not _is_ours(out, kind):
+            what = "grid set (grid generate)" if kind == "grids" else "cell set (grid cells)"
+            raise CaptchalabError(f"{out}: folder is not empty and holds no earlier {what}; choose another")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / OUTPUT_MARKERS[kind]).write_text(json.dumps({"format": f"captchalab-{kind}"}) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise CaptchalabError(f"{out}: cannot write here ({exc.strerror or exc})") from None
 
 
 def generate_grids(
@@ -397,7 +425,7 @@ def generate_grids(
     if workers < 1:
         raise CaptchalabError(f"--workers must be at least 1, got {workers}")
     out = Path(out_dir)
-    _prepare_out(out, "summary.json")
+    _prepare_out(out, "grids")
     grids = out / "grids"
     if grids.is_dir():
         shutil.rmtree(grids)  # an earlier run of ours: its grids would not match the new manifest
@@ -454,7 +482,7 @@ def generate_cells(
     if workers < 1:
         raise CaptchalabError(f"--workers must be at least 1, got {workers}")
     out = Path(out_dir)
-    _prepare_out(out, "words.json")
+    _prepare_out(out, "cells")
     for old in _earlier_words(out / "words.json"):  # an earlier run of ours: its word folders go
         if (out / old).is_dir() and (out / old).resolve().parent == out.resolve():
             shutil.rmtree(out / old)
@@ -466,7 +494,7 @@ def generate_cells(
     jobs = [(i, n, str(out)) for i, _ in enumerate(config.source.labels) for n in range(per_word)]
     _run(jobs, _write_cells, config, workers, "drawing cells")
     summary = {
-        "format": "captchalab-grid-cells",
+        "format": CELLS_FORMAT,
         "per_word": per_word,
         "cells": len(jobs),
         "source": config.source.describe(),
