@@ -370,6 +370,18 @@ def test_read_screenshot_without_prompt_names_the_file(reader, tmp_path: Path) -
         reader(path)
 
 
+def test_given_prompt_needs_no_readable_prompt_in_the_screenshot(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    shot, _, _ = render_screenshot(None, 2, 3, gutter=4)
+    path = tmp_path / "noprompt.png"
+    shot.save(path)
+    result = run_cli("grid", "solve", "--screenshot", str(path), "-p", "猫", "--json")
+    assert '"layout": "2x3"' in result.stdout_text
+    both = run_cli("grid", "solve", "--screenshot", "--cells", str(path), "-p", "猫", check=False)
+    assert both.returncode == 2 and "not --cells" in both.stderr_text
+
+
 def test_read_screenshot_prompt_below_the_grid(reader) -> None:
     shot, _, grid = render_screenshot(None, 2, 3, gutter=4)
     draw = ImageDraw.Draw(shot)

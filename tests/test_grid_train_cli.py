@@ -296,6 +296,17 @@ def test_train_errors(tiny_grid_dataset: Path, tmp_path: Path):
     bad_config = run_cli("grid", "train", str(tiny_grid_dataset), "--out", str(tmp_path / "r"), "--init", "scratch",
                          "--model-config", '{"layers": 3}', check=False)  # fmt: skip
     assert bad_config.returncode == 2 and "unknown field" in bad_config.stderr_text
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "best.pt").write_bytes(b"an earlier run's best model")
+    again = run_cli("grid", "train", str(tiny_grid_dataset), "--out", str(earlier), "--init", "scratch", check=False)
+    assert again.returncode == 2 and "already holds a training run" in again.stderr_text
+    assert "--resume" in again.stderr_text
+    assert (earlier / "best.pt").read_bytes() == b"an earlier run's best model"
+    garbage = run_cli("grid", "train", str(tiny_grid_dataset), "--out", str(earlier), "--resume",
+                      str(earlier / "best.pt"), check=False)  # fmt: skip
+    assert garbage.returncode == 2 and "not a PyTorch checkpoint" in garbage.stderr_text
+    assert "Traceback" not in again.stderr_text + garbage.stderr_text
 
 
 def test_solve_a_screenshot_reads_the_prompt_and_finds_the_grid(tiny_grid_bundle: Path, tmp_path: Path):

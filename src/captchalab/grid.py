@@ -44,21 +44,47 @@ def read_grid_manifest(grids: str | Path) -> tuple[Path, list[dict]]:
     manifest = path / "manifest.jsonl" if path.is_dir() else path
     if not manifest.is_file():
         raise CaptchalabError(f"{grids}: no manifest.jsonl of labelled grids here (make one with `grid generate`)")
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise CaptchalabError(f"{manifest}: not UTF-8 text") from None
     rows = []
-    for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            row["image"], row["prompt"], row["positions"] = str(row["image"]), str(row["prompt"]), row["positions"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CaptchalabError(
-                f"{manifest}:{number}: not a grid record with image, prompt, positions ({exc})"
-            ) from None
+        except json.JSONDecodeError as exc:
+            raise CaptchalabError(f"{manifest}:{number}: not JSON ({exc.msg})") from None
+        problem = _record_problem(row)
+        if problem:
+            raise CaptchalabError(f"{manifest}:{number}: {problem}")
         rows.append(row)
     if not rows:
         raise CaptchalabError(f"{manifest}: no grids listed")
     return manifest.parent, rows
+
+
+GRID_CELLS = {"2x3": 6, "3x2": 6, "3x3": 9}
+
+
+def _record_problem(row: object) -> str | None:
+    """What is wrong with one manifest record (None when it is a grid record we can score)."""
+    if not isinstance(row, dict) or not all(key in row for key in ("image", "prompt", "positions")):
+        return "not a grid record with image, prompt and positions"
+    if not isinstance(row["image"], str) or not row["image"].strip():
+        return f"image {row['image']!r} is not a file name"
+    if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+        return f"prompt {row['prompt']!r} is not a word"
+    layout = row.get("layout", "auto")
+    if layout != "auto" and layout not in GRID_CELLS:
+        return f"layout {layout!r} is not one of auto, {', '.join(GRID_CELLS)}"
+    positions, cells = row["positions"], GRID_CELLS.get(layout, 9)
+    if not isinstance(positions, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
+        return f"positions {positions!r} are not a list of cell numbers"
+    if any(not 1 <= p <= cells for p in positions) or len(set(positions)) != len(positions):
+        return f"positions {positions} do not fit a grid of {cells} cells (1-based, each once)"
+    return None
 
 
 def matching_design(row: dict) -> str | None:
@@ -90,9 +116,13 @@ def _share(part: int, whole: int) -> float | None:
 
 def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = None, limit: int | None = None) -> dict:
     """Solve rate (every cell right), cell precision/recall/F1, per-prompt table and latency of a bundle."""
+    if limit is not None and limit < 1:
+        raise CaptchalabError(f"--limit must be at least 1, got {limit}")
     root, rows = read_grid_manifest(grids)
     rows = rows[:limit] if limit else rows
     solver = load_solver(model)
+    if rule is not None and rule not in solver.rules:
+        raise CaptchalabError(f"unknown rule {rule!r}: use one of {', '.join(solver.rules)}")
     per_prompt: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     per_design: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # art style of the matching cells
     tp = fp = fn = solved = unsure = sure_solved = 0

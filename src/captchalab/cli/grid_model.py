@@ -94,11 +94,13 @@ def export_cmd(
 ) -> None:
     """Export two ONNX towers + manifest; parity-gated, decision rule calibrated on validation grids."""
     _need_torch("grid export")
+    from captchalab.export.common import check_bundle_destination, read_licenses
     from captchalab.export.grid import export_grid
 
     if fp16 and int8:
         raise CaptchalabError("choose one of --fp16 and --int8")
-    license_list = json.loads(licenses.read_text(encoding="utf-8")) if licenses else None
+    license_list = read_licenses(licenses)
+    check_bundle_destination(out)
     manifest = export_grid(
         run, out, "fp16" if fp16 else "int8" if int8 else "fp32", dataset=dataset, aliases=aliases,
         training_data=data_statement, training_command=training_command, licenses=license_list,
@@ -131,8 +133,10 @@ def calibrate(
 ) -> None:
     """Re-fit the decision rules (threshold, relative margin, context model) on labelled grids; the ONNX model is
     unchanged."""
+    from captchalab.export.common import check_bundle_destination
     from captchalab.export.grid_recalibrate import recalibrate
 
+    check_bundle_destination(out)
     report = recalibrate(
         model, grids, out, keep_threshold=keep_threshold, pictures=pictures, rule=rule, text_share=text_share
     )
@@ -165,11 +169,11 @@ def solve(
 
     solver = load_solver(model)
     if screenshot:
-        if len(images) != 1:
-            raise CaptchalabError("--screenshot takes one screenshot image")
+        if len(images) != 1 or cells:
+            raise CaptchalabError("--screenshot takes one screenshot image (not --cells)")
         from captchalab.runtime.screenshot import read_screenshot
 
-        parsed = read_screenshot(images[0])
+        parsed = read_screenshot(images[0], read_prompt=prompt is None)  # a given --prompt needs no OCR
         answer = solver.solve(prompt or parsed.prompt, image=parsed.grid, layout=layout, rule=rule)
     elif prompt is None:
         raise CaptchalabError("give the word to find with --prompt (or use --screenshot)")
@@ -179,14 +183,24 @@ def solve(
         if len(images) != 1:
             raise CaptchalabError(f"{len(images)} images given: one grid image, or use --cells for separate cells")
         answer = solver.solve(prompt, image=images[0], layout=layout, rule=rule)
-    if not answer.known_prompt:
-        typer.echo(f"note: the model has not seen {answer.prompt!r}; the answer is a guess", err=True)
     if as_json:
         typer.echo(json.dumps(answer.to_dict(), ensure_ascii=False))
         return
     probs = " ".join(f"{p:.2f}" for p in answer.probabilities)
     typer.echo(f"{answer.positions}  ({answer.layout}, {answer.prompt}, rule {answer.rule}"
                f"{', unsure' if answer.unsure else ''}; probabilities {probs})")  # fmt: skip
+
+
+def _check_report_path(out: Path) -> None:
+    """Before the work: the report can be written there (its folder is made if missing)."""
+    if out.is_dir():
+        raise CaptchalabError(f"{out}: is a folder; give a file name for the JSON report")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise CaptchalabError(f"{out}: cannot write the report here ({exc.strerror or exc})") from None
 
 
 @app.command("eval")
@@ -200,9 +214,16 @@ def eval_cmd(
     """Solve rate, cell precision/recall/F1, a per-prompt table and, for generated grids, one per art style."""
     from captchalab.grid import evaluate
 
+    if out:
+        _check_report_path(out)
     report = evaluate(model, grids, rule=rule, limit=limit)
     if out:
         out.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+    for error in report["errors"][:5]:
+        typer.echo(f"warning: {error}", err=True)
+    if len(report["errors"]) > 5:
+        more = len(report["errors"]) - 5
+        typer.echo(f"warning: ... and {more} more unreadable grids (all in the JSON report with -o)", err=True)
     worst = sorted(report["per_prompt"].items(), key=lambda kv: kv[1]["solve_rate"])[:5]
     typer.echo(
         f"{report['grids']} grids: solve rate {report['solve_rate']:.4f}, cell precision {report['cell_precision']:.4f}"

@@ -28,6 +28,29 @@ def quantize_int8(fp32: Path, out: Path, input_name: str, calibration: np.ndarra
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
 
 
+def check_bundle_destination(out: Path) -> None:
+    """Before any work: ``out`` must be new or an earlier bundle (``install_bundle`` replaces only those)."""
+    if out.exists() and not (out / MANIFEST).is_file():
+        raise CaptchalabError(f"{out}: exists and is not a bundle; refusing to overwrite it")
+
+
+def read_licenses(path: Path | None) -> list | None:
+    """The ``--licenses`` file: a JSON list of licence entries (objects or strings) for the manifest."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CaptchalabError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CaptchalabError(f"{path}: cannot read the licences ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise CaptchalabError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, list) or not all(isinstance(item, (dict, str)) for item in data):
+        raise CaptchalabError(f"{path}: licences must be a JSON list of objects (or strings)")
+    return data
+
+
 def install_bundle(work: Path, out: Path, manifest: dict) -> None:
     """Write ``manifest`` into the finished bundle folder ``work`` (with the licences given, a creation time and
     the captchalab version), then replace ``out`` with it; never overwrites a folder that is not a bundle."""
@@ -38,8 +61,7 @@ def install_bundle(work: Path, out: Path, manifest: dict) -> None:
     manifest["captchalab_version"] = __version__
     (work / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
     if out.exists():
-        if not (out / MANIFEST).exists():
-            raise CaptchalabError(f"{out}: exists and is not a bundle; refusing to overwrite it")
+        check_bundle_destination(out)
         shutil.rmtree(out)
     work.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared and shipped
     for file in work.iterdir():

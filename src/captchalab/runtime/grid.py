@@ -13,6 +13,7 @@ from PIL import Image
 from captchalab.errors import CaptchalabError
 from captchalab.imaging import ImageInput, load_image
 from captchalab.runtime.blas import blas_threads
+from captchalab.runtime.bundle import reading_manifest
 from captchalab.runtime.clip import ClipModel, load_clip
 from captchalab.runtime.grid_pictures import WordPictures, blend, picture_columns
 from captchalab.runtime.grid_rules import ALL_RULES, ContextModel, RuleParams, pick, rule_scores
@@ -50,30 +51,31 @@ class GridSolver:
     def __init__(self, model: ClipModel, blas_threads: int | None = 1) -> None:
         self.model = model
         self.blas_threads = blas_threads  # numpy's BLAS threads in solve (runtime.blas; None leaves numpy as it is)
-        manifest = model.bundle.manifest
-        decision = manifest["decision"]
-        self.rule = decision["rule"]
-        self.rules = {name: RuleParams.from_dict(p) for name, p in decision["rules"].items() if name in ALL_RULES}
-        context = decision["rules"].get("context")
-        try:
-            self.context = ContextModel.from_dict(context["model"]) if context else None
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CaptchalabError(f"{model.bundle.path}: the manifest's context rule is unreadable ({exc})") from None
-        self.unsure_band = float(decision.get("unsure_band", 0.3))
-        self.prompts = [entry["text"] for entry in manifest.get("prompts", [])]
-        self.aliases = {
-            alias.lower(): entry["text"] for entry in manifest.get("prompts", []) for alias in entry.get("aliases", [])
-        }
-        self.related = {entry["text"]: set(entry.get("related", [])) for entry in manifest.get("prompts", [])}
-        self._known = set(self.prompts)
-        self._others: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._own_picture: dict[str, int | None] = {}  # the prompt's column among the pictures, cached
-        # pictures of the known words (runtime.grid_pictures), blended with the text similarity when present
-        has_pictures = "pictures" in manifest.get("files", {})
-        self.pictures = WordPictures.load(model.bundle.file("pictures")) if has_pictures else None
-        if self.pictures is not None and self.pictures.vectors.shape[1] != model.dim:
-            raise CaptchalabError(f"{model.bundle.file('pictures')}: pictures of another model (not {model.dim}-d)")
-        self.picture_weight = float(decision.get("picture_weight", 1.0)) if self.pictures else 1.0
+        with reading_manifest(model.bundle):
+            manifest = model.bundle.manifest
+            decision = manifest["decision"]
+            self.rule = decision["rule"]
+            self.rules = {name: RuleParams.from_dict(p) for name, p in decision["rules"].items() if name in ALL_RULES}
+            context = decision["rules"].get("context")
+            try:
+                self.context = ContextModel.from_dict(context["model"]) if context else None
+            except (KeyError, TypeError, ValueError) as exc:
+                where = model.bundle.path
+                raise CaptchalabError(f"{where}: the manifest's context rule is unreadable ({exc})") from None
+            self.unsure_band = float(decision.get("unsure_band", 0.3))
+            prompts = manifest.get("prompts", [])
+            self.prompts = [entry["text"] for entry in prompts]
+            self.aliases = {alias.lower(): entry["text"] for entry in prompts for alias in entry.get("aliases", [])}
+            self.related = {entry["text"]: set(entry.get("related", [])) for entry in prompts}
+            self._known = set(self.prompts)
+            self._others: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+            self._own_picture: dict[str, int | None] = {}  # the prompt's column among the pictures, cached
+            # pictures of the known words (runtime.grid_pictures), blended with the text similarity when present
+            has_pictures = "pictures" in manifest.get("files", {})
+            self.pictures = WordPictures.load(model.bundle.file("pictures")) if has_pictures else None
+            if self.pictures is not None and self.pictures.vectors.shape[1] != model.dim:
+                raise CaptchalabError(f"{model.bundle.file('pictures')}: pictures of another model (not {model.dim}-d)")
+            self.picture_weight = float(decision.get("picture_weight", 1.0)) if self.pictures else 1.0
 
     def resolve_prompt(self, prompt: str) -> tuple[str, bool]:
         """(model text, known?) — an English alias maps to its Chinese word."""
@@ -168,6 +170,8 @@ class GridSolver:
         if (image is None) == (cells is None):
             raise CaptchalabError("give either a grid image or its cells, not both")
         if cells is not None:
+            if isinstance(cells, (str, bytes, os.PathLike)):  # one path is not a list of cells (a str iterates)
+                raise CaptchalabError("cells must be a list of images (row-major), not one path")
             pictures = [load_image(c) for c in cells]
             if len(pictures) not in (6, 9):
                 raise CaptchalabError(f"{len(pictures)} cells given: a grid has 6 (2x3 / 3x2) or 9 (3x3)")
@@ -178,7 +182,11 @@ class GridSolver:
         from captchalab.runtime.grid_layout import split_grid
 
         name = str(image) if isinstance(image, (str, os.PathLike)) else None
-        pictures, (rows, cols) = split_grid(load_image(image, name=name), parse_layout(layout))
+        shape, loaded = parse_layout(layout), load_image(image, name=name)
+        try:
+            pictures, (rows, cols) = split_grid(loaded, shape)
+        except CaptchalabError as exc:
+            raise CaptchalabError(f"{name}: {exc}" if name else str(exc)) from None
         return pictures, f"{rows}x{cols}"
 
 

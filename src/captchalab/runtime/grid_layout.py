@@ -81,9 +81,13 @@ class AxisFit:
         return out
 
 
+MAX_SEPARATOR = 96  # px: the search below is cubic in this, so a huge or very thin image must not widen it further
+MIN_CELL = 4  # px: the narrowest cell a split may make
+
+
 def max_separator(length: int, n: int) -> int:
-    """The widest border or gutter considered (px): at least 12, more for large cells."""
-    return max(12, length // (10 * n))
+    """The widest border or gutter considered (px): at least 12, more for large cells, never over MAX_SEPARATOR."""
+    return min(MAX_SEPARATOR, max(12, length // (10 * n)))
 
 
 def fit_axis(uniform: np.ndarray, n: int) -> AxisFit:
@@ -96,6 +100,8 @@ def fit_axis(uniform: np.ndarray, n: int) -> AxisFit:
     gutter-like run that the fit left inside a cell (a layout mismatch).
     """
     length = len(uniform)
+    if length < MIN_CELL * n:
+        raise CaptchalabError(f"{length} px is too small for {n} cells")
     limit = max_separator(length, n)
     bad = np.concatenate([[0], np.cumsum(~uniform)])  # bad[j] - bad[i]: non-uniform lines in [i, j)
     lead = next((i for i, u in enumerate(uniform) if not u), length)
@@ -108,7 +114,7 @@ def fit_axis(uniform: np.ndarray, n: int) -> AxisFit:
         indexing="ij",
     )
     cell = (length - t - b - (n - 1) * g) / n
-    ok = cell >= 4
+    ok = cell >= MIN_CELL
     # Without gutters nothing pins the cells but the borders, and a frame is drawn on both sides: flat lines at one
     # edge only (a flat picture background there) are picture, so a gutter-free fit's borders are no wider than the
     # flat run at the other edge.
@@ -220,6 +226,8 @@ def split_grid(grid: Image.Image, shape: tuple[int, int] | None = None) -> tuple
     """(cells, (rows, cols)): ``split_cells`` with the layout given or, for None, guessed (``guess_layout``); the
     pixels are scanned for flat lines once for both."""
     lines = GridLines.of(grid)
+    if np.ptp(lines.pixels.reshape(-1, 3), axis=0).max() <= UNIFORM_TOL:
+        raise CaptchalabError(f"the {grid.width}x{grid.height} image is one flat colour: there are no pictures in it")
     rows, cols = shape or guess_layout(grid, lines)
     return [grid.crop(box) for box in cell_boxes(grid, rows, cols, lines)], (rows, cols)
 

@@ -248,20 +248,24 @@ def _pad(image: Image.Image, colour: tuple[int, ...], margin: int = 12) -> Image
     return padded
 
 
-def read_screenshot(image: ImageInput, name: str | None = None) -> ScreenshotParse:
+def read_screenshot(image: ImageInput, name: str | None = None, read_prompt: bool = True) -> ScreenshotParse:
     """A screenshot of a grid captcha -> ScreenshotParse(prompt, prompt_line, grid_box, grid).
 
     The grid is found by ``locate_grid``; the prompt is read from the region above it, or, when that holds no
     prompt, from the whole screenshot with the grid blanked out. Raises CaptchalabError naming the file when no grid
-    or no prompt is found, or when the ``[screenshot]`` extra is not installed.
+    or no prompt is found, or when the ``[screenshot]`` extra is not installed. ``read_prompt=False`` (the caller
+    knows the word) only locates the grid: no OCR, and the prompt is returned empty.
     """
     label = name or (os.fspath(image) if isinstance(image, (str, os.PathLike)) else "screenshot")
     shot = load_image(image, name=label)
-    ocr_engine()  # a missing extra is reported before any work
+    if read_prompt:
+        ocr_engine()  # a missing extra is reported before any work
     try:
         box = locate_grid(shot)
     except CaptchalabError as exc:
         raise CaptchalabError(f"{label}: {exc}") from None
+    if not read_prompt:
+        return ScreenshotParse("", "", box, shot.crop(box))
     _, top, _, bottom = box
     pixels = np.asarray(shot)
     colour = tuple(int(v) for v in np.median(np.concatenate([pixels[0], pixels[-1]]), axis=0))

@@ -159,7 +159,23 @@ def _resume_state(resume: str) -> dict:
     path = path / "last.pt" if path.is_dir() else path
     if not path.is_file():
         raise CaptchalabError(f"{path}: no checkpoint to resume from")
-    return load_torch(path)
+    state = load_torch(path)
+    needed = ("kind", "config", "state_dict", "vocab", "preprocess", "context_length", "optimizer", "step")
+    if not isinstance(state, dict) or any(key not in state for key in needed):
+        raise CaptchalabError(f"{path}: not a checkpoint of 'captchalab grid train'; cannot resume from it")
+    return state
+
+
+def _check_run_folder(run: Path, resume: str | None) -> None:
+    """Refuse to train over an earlier run unless it is the one being resumed (its best.pt would be lost)."""
+    if run.exists() and not run.is_dir():
+        raise CaptchalabError(f"{run}: exists and is not a folder; pick another --out")
+    earlier = [name for name in ("last.pt", "best.pt") if (run / name).is_file()]  # config.json alone: nothing trained
+    if earlier and resume is None:
+        raise CaptchalabError(
+            f"{run}: already holds a training run ({', '.join(earlier)}); pass --resume {run} to continue it "
+            "or pick a new --out"
+        )
 
 
 def contrastive_loss(
@@ -213,6 +229,7 @@ def train_grid(dataset: str | Path, run: str | Path, opts: GridTrainOptions, com
     dataset, run = Path(dataset), Path(run)
     ctx = distributed.setup(opts.device)
     torch.manual_seed(opts.seed)
+    _check_run_folder(run, opts.resume)
     state = _resume_state(opts.resume) if opts.resume else None
     if state is not None:
         model = _from_checkpoint(state)
