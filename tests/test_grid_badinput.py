@@ -45,7 +45,9 @@ def test_thin_noise_image_is_split_quickly(tmp_path: Path):
     noise = np.random.default_rng(1).integers(0, 256, (20000, 200, 3), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / "tall.png")
     result = run_cli("grid", "solve", str(tmp_path / "tall.png"), "-p", "猫", "--json", timeout=60)
-    assert json.loads(result.stdout_text)["layout"] == "3x2"
+    answer = json.loads(result.stdout_text)
+    assert answer["layout"] == "3x2"
+    assert answer["unsure"] or len(answer["positions"]) < 6  # noise is no grid: an all-cells answer is flagged
 
 
 def _manifest(tmp_path: Path, records: list[dict]) -> Path:

@@ -114,7 +114,8 @@ class GridSolver:
             layout=layout_name,
             positions=[i + 1 for i in picked],
             probabilities=probabilities,
-            unsure=unsure or not known,
+            # every cell picked: no grid captcha asks that, so the pictures are likely not what the model knows
+            unsure=unsure or not known or len(picked) == len(pictures),
             known_prompt=known,
             rule=rule,
         )
