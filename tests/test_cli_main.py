@@ -10,7 +10,12 @@ from tests.conftest import CLI
 def test_ctrl_c_says_interrupted_and_exits_130():
     # the interactive loop waits on stdin: a safe place to be interrupted
     process = subprocess.Popen(
-        [*CLI, "ocr", "predict"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [*CLI, "ocr", "predict"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # a shell's background job ignores SIGINT, and Python keeps an inherited SIG_IGN: give the child the default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 60
