@@ -41,6 +41,15 @@ def test_solve_refuses_images_that_are_no_grid(tmp_path: Path, size, colour, mes
     _one_line_error(run_cli("grid", "solve", str(path), "-p", "猫", check=False), "odd.png", message)
 
 
+def test_small_images_say_which_layouts_they_cannot_hold(tmp_path: Path):
+    path = tmp_path / "small.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(path)
+    result = run_cli("grid", "solve", str(path), "-p", "猫", check=False)
+    _one_line_error(result, "small.png: the 10x10 image is too small for a 2x3, 3x2 or 3x3 grid")
+    result = run_cli("grid", "solve", str(path), "-p", "猫", "--layout", "2x3", check=False)
+    _one_line_error(result, "small.png: the 10x10 image is too small for a 2x3 grid")
+
+
 def test_thin_noise_image_is_split_quickly(tmp_path: Path):
     noise = np.random.default_rng(1).integers(0, 256, (20000, 200, 3), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / "tall.png")
@@ -86,6 +95,10 @@ def test_eval_options_are_checked_before_the_work(tmp_path: Path):
     _one_line_error(run_cli("grid", "eval", "default", str(folder), "--limit", "0", check=False), "--limit")
     _one_line_error(run_cli("grid", "eval", "default", str(folder), "--rule", "bogus", check=False), "unknown rule")
     _one_line_error(run_cli("grid", "eval", "default", str(folder), "-o", str(tmp_path), check=False), "is a folder")
+    refused = run_cli("grid", "eval", "default", str(folder), "--limit", "-2", "-o", str(tmp_path / "r.json"),
+                      check=False)  # fmt: skip
+    _one_line_error(refused, "--limit must be at least 1")
+    assert not (tmp_path / "r.json").exists()  # a refused run leaves nothing behind
     # a missing grid is a failure of that grid, named on the console; the report's folder is made
     result = run_cli("grid", "eval", "default", str(folder), "-o", str(tmp_path / "new" / "r.json"))
     assert "missing.png" in result.stderr_text and "unreadable 1" in result.stdout_text
@@ -117,4 +130,13 @@ def test_export_and_calibrate_check_their_options_before_the_work(tmp_path: Path
         _one_line_error(result, "licences.json", message)
     missing = run_cli(*export, "--licenses", "nope.json", check=False)
     _one_line_error(missing, "nope.json: no such file")
+    # the destination is checked before the run is even read
+    _one_line_error(run_cli("grid", "export", str(tmp_path), "-o", str(not_a_bundle), check=False), "not a bundle")
     assert (not_a_bundle / "mine.txt").is_file()
+
+
+def test_calibrate_refuses_a_grid_without_matches_before_the_work(tmp_path: Path):
+    folder = _manifest(tmp_path, [{"image": "a.png", "prompt": "猫", "positions": []}])
+    result = run_cli("grid", "calibrate", "default", str(folder), "-o", str(tmp_path / "b"), check=False)
+    _one_line_error(result, "a.png", "lists no positions")
+    assert not (tmp_path / "b").exists()

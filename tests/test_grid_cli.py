@@ -35,3 +35,19 @@ def test_missing_cells_folder_is_one_line(tmp_path: Path):
     result = run_cli("grid", "dataset", "build", str(tmp_path / "nope"), "--out", str(tmp_path / "d"), check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr_text
     assert len(result.stderr_text.strip().splitlines()) == 1 and "nope" in result.stderr_text
+
+
+def test_split_ratio_errors_quote_what_was_typed(tmp_path: Path):
+    cells = _cells(tmp_path / "cells")
+    for typed in ("nan,1,1", "inf,1,1", "0,1,1", "1,2", "a,b,c"):
+        result = run_cli("grid", "dataset", "build", str(cells), "--out", str(tmp_path / "d"), "--split", typed,
+                         check=False)  # fmt: skip
+        assert result.returncode == 2 and len(result.stderr_text.strip().splitlines()) == 1
+        assert f"bad split ratios '{typed}'" in result.stderr_text and "finite" in result.stderr_text
+    assert not (tmp_path / "d").exists()
+
+
+def test_grid_help_names_every_kind_of_command():
+    line = next(row for row in run_cli("--help", env={"COLUMNS": "80"}).stdout_text.splitlines() if " grid " in row)
+    for word in ("solve", "eval", "calibrate", "generate", "cells", "train", "export"):
+        assert word in line

@@ -380,6 +380,9 @@ def test_given_prompt_needs_no_readable_prompt_in_the_screenshot(tmp_path: Path)
     assert '"layout": "2x3"' in result.stdout_text
     both = run_cli("grid", "solve", "--screenshot", "--cells", str(path), "-p", "猫", check=False)
     assert both.returncode == 2 and "not --cells" in both.stderr_text
+    wrong = run_cli("grid", "solve", "--screenshot", str(path), "-p", "猫", "--layout", "3x3", check=False)
+    assert wrong.returncode == 2 and len(wrong.stderr_text.strip().splitlines()) == 1
+    assert f"{path} (its grid at (" in wrong.stderr_text and "does not divide into 3x3" in wrong.stderr_text
 
 
 def test_read_screenshot_prompt_below_the_grid(reader) -> None:

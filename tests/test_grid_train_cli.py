@@ -306,7 +306,14 @@ def test_train_errors(tiny_grid_dataset: Path, tmp_path: Path):
     garbage = run_cli("grid", "train", str(tiny_grid_dataset), "--out", str(earlier), "--resume",
                       str(earlier / "best.pt"), check=False)  # fmt: skip
     assert garbage.returncode == 2 and "not a PyTorch checkpoint" in garbage.stderr_text
-    assert "Traceback" not in again.stderr_text + garbage.stderr_text
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "last.pt").write_bytes(b"another run")
+    elsewhere = run_cli("grid", "train", str(tiny_grid_dataset), "--out", str(earlier), "--resume", str(other),
+                        check=False)  # fmt: skip
+    assert elsewhere.returncode == 2 and "already holds a training run" in elsewhere.stderr_text
+    assert (earlier / "best.pt").read_bytes() == b"an earlier run's best model"
+    assert "Traceback" not in again.stderr_text + garbage.stderr_text + elsewhere.stderr_text
 
 
 def test_solve_a_screenshot_reads_the_prompt_and_finds_the_grid(tiny_grid_bundle: Path, tmp_path: Path):

@@ -342,3 +342,16 @@ def test_failed_run_can_be_rerun_into_its_folder(library: Path, tmp_path: Path):
     assert "wrote 2 grids" in result.stdout_text
     assert sorted(p.name for p in (out / "grids").iterdir()) == ["00000.png", "00001.png"]
     assert (out / "grids" / "00000.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_rerun_into_its_own_folder_replaces_only_its_own_pictures(library: Path, tmp_path: Path):
+    grids, cells = tmp_path / "grids", tmp_path / "cells"
+    run_cli("grid", "generate", str(grids), "--count", "3", "--icons", str(library), "--cell-size", "32")
+    run_cli("grid", "cells", str(cells), "--per-word", "3", "--icons", str(library), "--cell-size", "32")
+    (grids / "grids" / "notes.txt").write_text("the user's")
+    (cells / "猫" / "photo.jpg").write_bytes(b"the user's")
+    run_cli("grid", "generate", str(grids), "--count", "1", "--icons", str(library), "--cell-size", "32")
+    run_cli("grid", "cells", str(cells), "--per-word", "1", "--icons", str(library), "--cell-size", "32")
+    assert sorted(p.name for p in (grids / "grids").iterdir()) == ["00000.png", "notes.txt"]
+    assert sorted(p.name for p in (cells / "猫").iterdir()) == ["00000.png", "photo.jpg"]
+    assert sorted(p.name for p in (cells / "狗").iterdir()) == ["00000.png"]

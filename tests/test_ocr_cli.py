@@ -87,7 +87,10 @@ def test_predict_bad_file_one_line_and_exit_2(tiny_bundle: Path, tiny_data: Path
 
 def test_interactive_prompt_loop(tiny_bundle: Path, tiny_data: Path):
     first = sorted(tiny_data.glob("*.png"))[0]
-    result = run_cli("ocr", "predict", "--model", str(tiny_bundle), input=f"{first}\nmissing.png\n".encode())
+    result = run_cli(
+        "ocr", "predict", "--model", str(tiny_bundle), input=f"{first}\nmissing.png\n".encode(), check=False
+    )
+    assert result.returncode == 2  # as for listed paths: exit code 2 if any failed
     assert result.stdout_text.count("Image path:") == 3
     assert "confidence" in result.stdout_text and "missing.png: no such file" in result.stderr_text
 

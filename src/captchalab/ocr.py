@@ -44,18 +44,53 @@ def load_reader(  # noqa: ANN201
     return OcrReader(model, threads=threads, case_sensitive=case_sensitive, charset=charset, refine=refine)
 
 
-def expand_paths(paths: Sequence[str], stdin: BinaryIO | None = None) -> Iterator[tuple[str, ImageInput]]:
-    """Files stay as they are, folders become their images (sorted, recursive), ``-`` reads bytes from stdin."""
+def image_files(folder: str | os.PathLike) -> tuple[list[Path], list[str]]:
+    """The images under ``folder`` (sorted, recursive) and one message per sub-folder that could not be listed."""
+    problems: list[str] = []
+
+    def note(exc: OSError) -> None:
+        problems.append(f"{exc.filename or folder}: cannot list folder ({exc.strerror or exc})")
+
+    files = [
+        Path(root) / name
+        for root, _dirs, names in os.walk(folder, onerror=note)
+        for name in names
+        if Path(name).suffix.lower() in IMAGE_SUFFIXES and (Path(root) / name).is_file()
+    ]
+    return sorted(files), problems
+
+
+def expand_paths(
+    paths: Sequence[str], stdin: BinaryIO | None = None
+) -> Iterator[tuple[str, ImageInput | CaptchalabError]]:
+    """Files stay as they are, folders become their images (sorted, recursive), ``-`` reads bytes from stdin once,
+    pipes (``<(cat x.png)``) are read as bytes. A path that cannot give images yields a CaptchalabError in place of
+    the image, so callers can report it and go on with the rest."""
+    stdin_read = False
     for item in paths:
         if item == "-":
             if stdin is None:
-                raise CaptchalabError("'-' given but there is no standard input")
-            yield "<stdin>", stdin.read()
+                yield "<stdin>", CaptchalabError("<stdin>: '-' given but standard input is closed")
+            elif stdin_read:
+                yield "<stdin>", CaptchalabError("<stdin>: '-' given twice; standard input can be read only once")
+            else:
+                stdin_read = True
+                try:
+                    yield "<stdin>", stdin.read()
+                except OSError as exc:
+                    yield "<stdin>", CaptchalabError(f"<stdin>: cannot read ({exc.strerror or exc})")
         elif os.path.isdir(item):
-            files = sorted(p for p in Path(item).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise CaptchalabError(f"{item}: folder holds no images")
+            files, problems = image_files(item)
+            yield from ((item, CaptchalabError(problem)) for problem in problems)
+            if not files and not problems:
+                yield item, CaptchalabError(f"{item}: folder holds no images")
             yield from ((str(p), str(p)) for p in files)
+        elif os.path.exists(item) and not os.path.isfile(item):
+            try:
+                with open(item, "rb") as stream:  # a pipe or other non-regular file
+                    yield item, stream.read()
+            except OSError as exc:
+                yield item, CaptchalabError(f"{item}: not a regular file and cannot be read ({exc.strerror or exc})")
         else:
             yield item, item
 
@@ -97,6 +132,8 @@ def evaluate(
     if not labels:
         raise CaptchalabError(f"{data}: none of the images could be read")
     report = ocr_report(predictions, labels, compare_case)
+    # 1 - total edits / total label characters can go below 0 when readings are longer than labels
+    report["char_accuracy"] = max(0.0, report["char_accuracy"])
     report.update({"model": str(model), "data": str(data), "skipped_images": skipped,
                    "refiner": getattr(reader, "refiner", None) is not None})  # fmt: skip
     return report

@@ -10,10 +10,7 @@ import typer
 if TYPE_CHECKING:
     from captchalab.data.gridgen import CellSource
 
-app = typer.Typer(
-    help="Picture grids: solve, evaluate, generate, fine-tune, export; Chinese-CLIP-format datasets.",
-    no_args_is_help=True,
-)
+app = typer.Typer(help="Picture grids: solve/eval/calibrate, generate/cells, train/export.", no_args_is_help=True)
 dataset_app = typer.Typer(
     help="Build and unpack Chinese-CLIP-format datasets (TSV / JSONL / LMDB).", no_args_is_help=True
 )
@@ -29,10 +26,9 @@ def build(
     lmdb: bool = typer.Option(False, "--lmdb", help="Also write lmdb/{split}/{imgs,pairs} as Chinese-CLIP does."),
 ) -> None:
     """Labelled cells -> {split}_imgs.tsv + {split}_texts.jsonl (+ LMDB)."""
-    from captchalab.data.cnclip import build_dataset
-    from captchalab.data.split import parse_ratios
+    from captchalab.data.cnclip import build_dataset, parse_split_ratios
 
-    summary = build_dataset(cells, out, parse_ratios(split), seed=seed, lmdb=lmdb)
+    summary = build_dataset(cells, out, parse_split_ratios(split), seed=seed, lmdb=lmdb)
     counts = ", ".join(f"{name} {row['images']}" for name, row in summary["splits"].items())
     typer.echo(
         f"wrote {out}: {len(summary['labels'])} labels; images {counts}"

@@ -94,13 +94,12 @@ def export_cmd(
 ) -> None:
     """Export two ONNX towers + manifest; parity-gated, decision rule calibrated on validation grids."""
     _need_torch("grid export")
-    from captchalab.export.common import check_bundle_destination, read_licenses
+    from captchalab.export.common import read_licenses
     from captchalab.export.grid import export_grid
 
     if fp16 and int8:
         raise CaptchalabError("choose one of --fp16 and --int8")
     license_list = read_licenses(licenses)
-    check_bundle_destination(out)
     manifest = export_grid(
         run, out, "fp16" if fp16 else "int8" if int8 else "fp32", dataset=dataset, aliases=aliases,
         training_data=data_statement, training_command=training_command, licenses=license_list,
@@ -133,10 +132,8 @@ def calibrate(
 ) -> None:
     """Re-fit the decision rules (threshold, relative margin, context model) on labelled grids; the ONNX model is
     unchanged."""
-    from captchalab.export.common import check_bundle_destination
     from captchalab.export.grid_recalibrate import recalibrate
 
-    check_bundle_destination(out)
     report = recalibrate(
         model, grids, out, keep_threshold=keep_threshold, pictures=pictures, rule=rule, text_share=text_share
     )
@@ -174,7 +171,8 @@ def solve(
         from captchalab.runtime.screenshot import read_screenshot
 
         parsed = read_screenshot(images[0], read_prompt=prompt is None)  # a given --prompt needs no OCR
-        answer = solver.solve(prompt or parsed.prompt, image=parsed.grid, layout=layout, rule=rule)
+        where = f"{images[0]} (its grid at {parsed.grid_box})"
+        answer = solver.solve(prompt or parsed.prompt, image=parsed.grid, layout=layout, rule=rule, name=where)
     elif prompt is None:
         raise CaptchalabError("give the word to find with --prompt (or use --screenshot)")
     elif cells:
@@ -193,14 +191,16 @@ def solve(
 
 def _check_report_path(out: Path) -> None:
     """Before the work: the report can be written there (its folder is made if missing)."""
+    import os
+
     if out.is_dir():
         raise CaptchalabError(f"{out}: is a folder; give a file name for the JSON report")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "a", encoding="utf-8"):
-            pass
     except OSError as exc:
-        raise CaptchalabError(f"{out}: cannot write the report here ({exc.strerror or exc})") from None
+        raise CaptchalabError(f"{out}: cannot make its folder ({exc.strerror or exc})") from None
+    if not os.access(out if out.exists() else out.parent, os.W_OK):  # nothing is written before the report is
+        raise CaptchalabError(f"{out}: cannot write the report here (permission denied)")
 
 
 @app.command("eval")

@@ -63,7 +63,7 @@ def train(
     ),
     max_epochs: int | None = typer.Option(None, help="Upper bound on epochs (default: 100)."),
     max_minutes: float | None = typer.Option(None, help="Stop after the epoch that crosses this training time."),
-    batch_size: int = typer.Option(128),
+    batch_size: int = typer.Option(128, help="Images per training step."),
     lr: float = typer.Option(1e-3, help="Adam(W) learning rate."),
     schedule: str = typer.Option("plateau", help="plateau (halve lr when validation stalls) or cosine."),
     seed: int = typer.Option(0, help="Seed of the split, the initialisation and the batch order."),
@@ -169,9 +169,9 @@ def refine(
     data: Path = typer.Argument(..., help="Labelled images (folder, .tsv or .jsonl) with the look-alike characters."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write: MODEL's files plus the refiner."),
     chars: str = typer.Option("0Oo", help="The look-alike characters to look at again."),
-    epochs: int = typer.Option(4, min=1),
-    batch_size: int = typer.Option(256, min=8),
-    lr: float = typer.Option(2e-3),
+    epochs: int = typer.Option(4, min=1, help="Passes over the training crops."),
+    batch_size: int = typer.Option(256, min=8, help="Crops per training step."),
+    lr: float = typer.Option(2e-3, help="AdamW learning rate (positive)."),
     seed: int = typer.Option(0, help="Seed of the held-out split, the initialisation and the batch order."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     data_statement: str | None = typer.Option(None, help="What DATA is (how it was made), for the manifest."),
@@ -203,8 +203,8 @@ def refine(
 
 CHARSET_HELP = (
     "Only read these characters, when you know the captchas' alphabet: presets joined by '+' (lower, upper, digits, "
-    "alnum) or literal characters, e.g. lower+digits (like ddddocr's set_ranges). 'auto' (default): inferred per "
-    "image among the alphabets the model was trained on (the default model: a-z0-9, A-Z0-9, a-zA-Z0-9); 'any': "
+    "alpha, alnum) or literal characters, e.g. lower+digits (like ddddocr's set_ranges). 'auto' (default): inferred "
+    "per image among the alphabets the model was trained on (the default model: a-z0-9, A-Z0-9, a-zA-Z0-9); 'any': "
     "any character the model knows."
 )
 
@@ -226,19 +226,41 @@ def eval_cmd(
     """Score a model on labelled images: exact and per-character accuracy, most confused pairs."""
     from captchalab.ocr import evaluate
 
-    report = evaluate(model, data, case_sensitive=not case_insensitive, charset=charset, refine=refine)
     target = out or (data if data.is_dir() else data.parent) / "eval-report.json"
-    target.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+    _check_writable_file(target)  # before the evaluation, so its work is not lost
+    report = evaluate(model, data, case_sensitive=not case_insensitive, charset=charset, refine=refine)
+    try:
+        target.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+    except OSError as exc:
+        raise CaptchalabError(f"{target}: cannot write the report ({exc.strerror or exc})") from None
     typer.echo(
         f"exact {report['exact_accuracy']:.4f}, per-char {report['char_accuracy']:.4f} on "
         f"{report['images']} images; report in {target}"
     )
 
 
+def _check_writable_file(target: Path) -> None:
+    """Create ``target``'s parent folders and make sure a file can be written there; CaptchalabError if not."""
+    if target.is_dir():
+        raise CaptchalabError(f"{target}: is a folder; give a file name for the report")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CaptchalabError(f"{target.parent}: cannot create the report's folder ({exc.strerror or exc})") from None
+    existed = target.exists()
+    try:
+        with target.open("a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise CaptchalabError(f"{target}: cannot write the report ({exc.strerror or exc})") from None
+    if not existed:
+        target.unlink(missing_ok=True)
+
+
 @app.command()
 def predict(
     paths: list[str] = typer.Argument(
-        None, help="Images or folders; '-' reads one image from stdin. None: interactive prompt."
+        None, help="Images or folders; '-' reads one image from stdin. Give none to type paths one by one at a prompt."
     ),
     model: str = typer.Option("default", "--model", "-m", help="'default', a bundle folder or a run folder."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image."),
@@ -248,45 +270,65 @@ def predict(
     charset: str = typer.Option("auto", help=CHARSET_HELP),
     refine: bool = typer.Option(True, "--refine/--no-refine", help=REFINE_HELP),
 ) -> None:
-    """Read captchas. Bad files get one line each on stderr; exit code 2 if any failed."""
+    """Read captchas. Bad files get one line each on stderr and the rest are still read; exit code 2 if any failed
+    (also in the interactive prompt, which ends at end of input, e.g. Ctrl-D)."""
+    from captchalab.imaging import load_image
     from captchalab.ocr import expand_paths, load_reader
 
     reader = load_reader(model, case_sensitive=not case_insensitive, charset=charset, refine=refine)
     if not paths:
-        _interactive(reader)
+        if not _interactive(reader, as_json):
+            raise typer.Exit(2)
         return
     failed = 0
-    for name, source in expand_paths(paths, stdin=sys.stdin.buffer):
+    stdin = getattr(sys.stdin, "buffer", None)
+    for name, source in expand_paths(paths, stdin=stdin):
         try:
-            reading = reader.read(source)
+            if isinstance(source, CaptchalabError):
+                raise source
+            reading = reader.read(load_image(source, name=name))
         except CaptchalabError as exc:
             failed += 1
             typer.echo(f"error: {exc}", err=True)
             continue
-        if as_json:
-            typer.echo(
-                json.dumps(
-                    {"file": name, "text": reading.text, "confidence": round(reading.confidence, 4)}, ensure_ascii=False
-                )
-            )
-        else:
-            typer.echo(f"{name}\t{reading.text}\t{reading.confidence:.3f}")
+        _print_reading(name, reading, as_json)
     if failed:
         raise typer.Exit(2)
 
 
-def _interactive(reader) -> None:  # noqa: ANN001
-    """The article's loop: ask for a path, print the reading, until end of input."""
+def _print_reading(name: str, reading, as_json: bool) -> None:  # noqa: ANN001
+    """One line per image: tab-separated, or a JSON object with ``--json``."""
+    if as_json:
+        payload = {"file": name, "text": reading.text, "confidence": round(reading.confidence, 4)}
+        typer.echo(json.dumps(payload, ensure_ascii=False))
+    else:
+        typer.echo(f"{name}\t{reading.text}\t{reading.confidence:.3f}")
+
+
+def _interactive(reader, as_json: bool = False) -> bool:  # noqa: ANN001
+    """The article's loop: ask for a path, print the reading, until end of input. Quotes around a pasted path are
+    dropped. Returns False if any path failed (the command then exits with code 2, as for listed paths)."""
+    from captchalab.imaging import load_image
+
+    ok = True
     while True:
         try:
             path = input("Image path: ").strip()
         except EOFError:
             typer.echo("")
-            return
+            return ok
+        if len(path) >= 2 and path[0] == path[-1] and path[0] in "'\"":
+            path = path[1:-1].strip()
         if not path:
             continue
         try:
-            reading = reader.read(path)
-            typer.echo(f"{reading.text}  (confidence {reading.confidence:.3f})")
+            if Path(path).is_dir():
+                raise CaptchalabError(f"{path}: is a folder; give one image file here")
+            reading = reader.read(load_image(path))
+            if as_json:
+                _print_reading(path, reading, True)
+            else:
+                typer.echo(f"{reading.text}  (confidence {reading.confidence:.3f})")
         except CaptchalabError as exc:
+            ok = False
             typer.echo(f"error: {exc}", err=True)

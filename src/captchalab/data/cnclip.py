@@ -125,14 +125,25 @@ def build_dataset(
     return summary
 
 
-def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
+def parse_split_ratios(text: str) -> tuple[float, float, float]:
+    """``--split`` as typed (``0.8,0.1,0.1``, any scale: ``8,1,1``) -> train, valid, test ratios summing to 1."""
+    try:
+        values: list[float] = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    return _check_ratios(values, shown=text)
+
+
+def _check_ratios(ratios: Sequence[float], shown: str | None = None) -> tuple[float, float, float]:
+    """Three finite ratios >= 0 with train > 0, normalised; an error quotes ``shown`` (what the user typed)."""
     try:
         values = tuple(float(r) for r in ratios)
     except (TypeError, ValueError):
         values = ()
     if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or values[0] <= 0:
+        typed = shown if shown is not None else ",".join(str(r) for r in ratios)
         raise CaptchalabError(
-            f"bad split ratios {tuple(ratios)!r}: use three numbers >= 0 with train > 0, such as (0.8, 0.1, 0.1)"
+            f"bad split ratios {typed!r}: use three finite numbers >= 0 with train > 0, such as 0.8,0.1,0.1"
         )
     total = sum(values)
     return values[0] / total, values[1] / total, values[2] / total
@@ -283,13 +294,14 @@ def _remove_old_lmdb(out: Path) -> None:
         for env in ("imgs", "pairs"):
             for name in _LMDB_FILES:
                 (out / "lmdb" / split / env / name).unlink(missing_ok=True)
-            _rmdir_if_empty(out / "lmdb" / split / env)
-        _rmdir_if_empty(out / "lmdb" / split)
-    _rmdir_if_empty(out / "lmdb")
+            rmdir_if_empty(out / "lmdb" / split / env)
+        rmdir_if_empty(out / "lmdb" / split)
+    rmdir_if_empty(out / "lmdb")
 
 
-def _rmdir_if_empty(folder: Path) -> None:
-    if folder.is_dir() and not any(folder.iterdir()):
+def rmdir_if_empty(folder: Path) -> None:
+    """Remove ``folder`` when it is an empty folder (not a link to one)."""
+    if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
         folder.rmdir()
 
 

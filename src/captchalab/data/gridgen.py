@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
+import re
 import unicodedata
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from captchalab.data.cellstyle import render_cell, render_photo_cell
-from captchalab.data.cnclip import label_folders
+from captchalab.data.cnclip import label_folders, rmdir_if_empty
 from captchalab.errors import CaptchalabError
 from captchalab.imaging import load_image
 from captchalab.progress import track
@@ -412,6 +412,17 @@ def _prepare_out(out: Path, kind: str) -> None:
         raise CaptchalabError(f"{out}: cannot write here ({exc.strerror or exc})") from None
 
 
+_OUR_PICTURE = re.compile(r"\d{5,}\.png")  # the names generate_grids / generate_cells give their pictures
+
+
+def _remove_our_pictures(folder: Path) -> None:
+    """Remove the numbered pictures an earlier run wrote into ``folder``; anything else there stays."""
+    if folder.is_dir() and not folder.is_symlink():
+        for file in folder.iterdir():
+            if file.is_file() and _OUR_PICTURE.fullmatch(file.name):
+                file.unlink()
+
+
 def generate_grids(
     out_dir: str | Path,
     count: int,
@@ -427,9 +438,8 @@ def generate_grids(
     out = Path(out_dir)
     _prepare_out(out, "grids")
     grids = out / "grids"
-    if grids.is_dir():
-        shutil.rmtree(grids)  # an earlier run of ours: its grids would not match the new manifest
-    grids.mkdir()
+    _remove_our_pictures(grids)  # an earlier run's grids would not match the new manifest; other files stay
+    grids.mkdir(exist_ok=True)
     digits = max(5, len(str(count - 1)))
     jobs = [(i, str(out), f"grids/{i:0{digits}d}.png") for i in range(count)]
     records = _run(jobs, _write_grid, config, workers, "drawing grids")
@@ -483,14 +493,13 @@ def generate_cells(
         raise CaptchalabError(f"--workers must be at least 1, got {workers}")
     out = Path(out_dir)
     _prepare_out(out, "cells")
-    for old in _earlier_words(out / "words.json"):  # an earlier run of ours: its word folders go
-        if (out / old).is_dir() and (out / old).resolve().parent == out.resolve():
-            shutil.rmtree(out / old)
+    for old in _earlier_words(out / "words.json"):  # an earlier run of ours: its cells go
+        if (out / old).resolve().parent == out.resolve():
+            _remove_our_pictures(out / old)
+            rmdir_if_empty(out / old)
     for label in config.source.labels:
-        folder = out / label.text
-        if folder.is_dir():
-            shutil.rmtree(folder)
-        folder.mkdir()
+        _remove_our_pictures(out / label.text)  # cells of a run that stopped before its words.json
+        (out / label.text).mkdir(exist_ok=True)
     jobs = [(i, n, str(out)) for i, _ in enumerate(config.source.labels) for n in range(per_word)]
     _run(jobs, _write_cells, config, workers, "drawing cells")
     summary = {

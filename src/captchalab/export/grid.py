@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from captchalab.errors import CaptchalabError
-from captchalab.export.common import install_bundle, quantize_int8
+from captchalab.export.common import check_bundle_destination, install_bundle, quantize_int8
 from captchalab.export.grid_calibrate import calibrate
 from captchalab.imaging import ClipPreprocess
 from captchalab.runtime.bundle import FORMAT_VERSION, onnx_session, sha256_file
@@ -125,6 +125,7 @@ def export_grid(
     if precision not in ("fp32", "int8", "fp16"):
         raise CaptchalabError(f"unknown precision {precision!r}: use fp32, int8 or fp16")
     run, out = Path(run_dir), Path(out_dir)
+    check_bundle_destination(out)  # before the export, not after it
     model, state = load_run(run)
     config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     dataset = Path(dataset or config["dataset"])

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from captchalab.errors import CaptchalabError
-from captchalab.export.common import install_bundle
+from captchalab.export.common import check_bundle_destination, install_bundle
 from captchalab.export.grid_calibrate import RELATIVE_STEPS, context_rule, count_solved, fit_rule
 from captchalab.progress import track
 from captchalab.runtime.bundle import MANIFEST, load_bundle, sha256_file
@@ -46,6 +46,9 @@ def embed_grids(
 
     folders = _folders(grids)
     rows = [(root, row) for folder in folders for root, found in [read_grid_manifest(folder)] for row in found]
+    empty = next((root / row["image"] for root, row in rows if not row["positions"]), None)
+    if empty is not None:  # checked before the work: a grid without a match has no threshold to fit
+        raise CaptchalabError(f"{empty}: its manifest line lists no positions; calibration needs at least one match")
     embedded: list[tuple[str, np.ndarray]] = []
     truths: list[np.ndarray] = []
     skipped = 0
@@ -163,6 +166,7 @@ def recalibrate(
         raise CaptchalabError("--keep-threshold and --text-share do not go together: a new share changes every score")
     if rule is not None and rule not in ALL_RULES:
         raise CaptchalabError(f"unknown rule {rule!r}: use one of {', '.join(ALL_RULES)}")
+    check_bundle_destination(out)  # before the fitting, not after it
     bundle = load_bundle(model, "grid")
     solver = GridSolver(ClipModel(bundle))
     if pictures is not None:

@@ -92,13 +92,15 @@ class GridSolver:
         cells: Sequence[ImageInput] | None = None,
         layout: str = "auto",
         rule: str | None = None,
+        name: str | None = None,
     ) -> GridAnswer:
-        """Give either ``image`` (the whole grid; ``layout`` auto/2x3/3x2/3x3) or ``cells`` (row-major)."""
+        """Give either ``image`` (the whole grid; ``layout`` auto/2x3/3x2/3x3) or ``cells`` (row-major); ``name``:
+        what errors call the grid image (default: its path)."""
         text, known = self.resolve_prompt(prompt)
         rule = rule or self.rule
         if rule not in self.rules:
             raise CaptchalabError(f"unknown rule {rule!r}: use one of {', '.join(self.rules)}")
-        pictures, layout_name = self._cells(image, cells, layout)
+        pictures, layout_name = self._cells(image, cells, layout, name)
         if not known:
             log.warning("the model has not seen the word %r in training; the answer is a guess", text)
             rule = "threshold"  # margin/softmax compare against known words, which says little about a new one
@@ -166,7 +168,7 @@ class GridSolver:
         return self._others[text]
 
     def _cells(
-        self, image: ImageInput | None, cells: Sequence[ImageInput] | None, layout: str
+        self, image: ImageInput | None, cells: Sequence[ImageInput] | None, layout: str, name: str | None = None
     ) -> tuple[list[Image.Image], str]:
         if (image is None) == (cells is None):
             raise CaptchalabError("give either a grid image or its cells, not both")
@@ -182,7 +184,7 @@ class GridSolver:
             return pictures, f"{shape[0]}x{shape[1]}"
         from captchalab.runtime.grid_layout import split_grid
 
-        name = str(image) if isinstance(image, (str, os.PathLike)) else None
+        name = name or (str(image) if isinstance(image, (str, os.PathLike)) else None)
         shape, loaded = parse_layout(layout), load_image(image, name=name)
         try:
             pictures, (rows, cols) = split_grid(loaded, shape)

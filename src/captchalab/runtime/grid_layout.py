@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -228,14 +229,24 @@ def split_grid(grid: Image.Image, shape: tuple[int, int] | None = None) -> tuple
     lines = GridLines.of(grid)
     if np.ptp(lines.pixels.reshape(-1, 3), axis=0).max() <= UNIFORM_TOL:
         raise CaptchalabError(f"the {grid.width}x{grid.height} image is one flat colour: there are no pictures in it")
+    if not _layouts_that_fit(grid, [shape] if shape else LAYOUTS):
+        layouts = f"{shape[0]}x{shape[1]}" if shape else "2x3, 3x2 or 3x3"
+        raise CaptchalabError(
+            f"the {grid.width}x{grid.height} image is too small for a {layouts} grid (cells of at least {MIN_CELL} px)"
+        )
     rows, cols = shape or guess_layout(grid, lines)
     return [grid.crop(box) for box in cell_boxes(grid, rows, cols, lines)], (rows, cols)
+
+
+def _layouts_that_fit(grid: Image.Image, layouts: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The (rows, cols) layouts whose cells would be at least MIN_CELL px on both sides of ``grid``."""
+    return [(r, c) for r, c in layouts if grid.height >= MIN_CELL * r and grid.width >= MIN_CELL * c]
 
 
 def _gutter_evidence(uniform: np.ndarray) -> int | None:
     """The number of cells (2 or 3) along an axis that its gutters show, or None when gutters say nothing."""
     votes = []
-    for n in (2, 3):
+    for n in (2, 3) if len(uniform) >= 3 * MIN_CELL else (2,):
         fit = fit_axis(uniform, n)
         if fit.gutter > 0 and fit.conflict is None:
             votes.append(n)
@@ -257,7 +268,8 @@ def guess_layout(grid: Image.Image, lines: GridLines | None = None) -> tuple[int
     # Aspect ratio of the content, borders trimmed (a uniform frame would skew it for small grids).
     height = len(uniform_rows) - sum(_edge_runs(uniform_rows))
     width = len(uniform_cols) - sum(_edge_runs(uniform_cols))
-    candidates = [(r, c) for r, c in LAYOUTS if rows in (None, r) and cols in (None, c)] or list(LAYOUTS)
+    fitting = _layouts_that_fit(grid, LAYOUTS) or list(LAYOUTS)
+    candidates = [(r, c) for r, c in fitting if rows in (None, r) and cols in (None, c)] or fitting
     best = min(candidates, key=lambda rc: abs(math.log((max(width, 1) / rc[1]) / (max(height, 1) / rc[0]))))
     log.debug("layout %dx%d from a %dx%d grid (gutters: rows %s, columns %s)", *best, width, height, rows, cols)
     return best

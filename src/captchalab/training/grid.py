@@ -171,11 +171,15 @@ def _check_run_folder(run: Path, resume: str | None) -> None:
     if run.exists() and not run.is_dir():
         raise CaptchalabError(f"{run}: exists and is not a folder; pick another --out")
     earlier = [name for name in ("last.pt", "best.pt") if (run / name).is_file()]  # config.json alone: nothing trained
-    if earlier and resume is None:
-        raise CaptchalabError(
-            f"{run}: already holds a training run ({', '.join(earlier)}); pass --resume {run} to continue it "
-            "or pick a new --out"
-        )
+    if not earlier:
+        return
+    source = Path(resume) if resume is not None else None
+    if source is not None and (source if source.is_dir() else source.parent).resolve() == run.resolve():
+        return  # resuming this very run
+    raise CaptchalabError(
+        f"{run}: already holds a training run ({', '.join(earlier)}); pass --resume {run} to continue it "
+        "or pick a new --out"
+    )
 
 
 def contrastive_loss(
