@@ -189,20 +189,6 @@ def solve(
                f"{', unsure' if answer.unsure else ''}; probabilities {probs})")  # fmt: skip
 
 
-def _check_report_path(out: Path) -> None:
-    """Before the work: the report can be written there (its folder is made if missing)."""
-    import os
-
-    if out.is_dir():
-        raise CaptchalabError(f"{out}: is a folder; give a file name for the JSON report")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CaptchalabError(f"{out}: cannot make its folder ({exc.strerror or exc})") from None
-    if not os.access(out if out.exists() else out.parent, os.W_OK):  # nothing is written before the report is
-        raise CaptchalabError(f"{out}: cannot write the report here (permission denied)")
-
-
 @app.command("eval")
 def eval_cmd(
     model: str = typer.Argument(..., help="'default' or a grid bundle folder."),
@@ -215,7 +201,9 @@ def eval_cmd(
     from captchalab.grid import evaluate
 
     if out:
-        _check_report_path(out)
+        from captchalab.cli.ocr import check_writable_file
+
+        check_writable_file(out)  # before the evaluation, so its work is not lost
     report = evaluate(model, grids, rule=rule, limit=limit)
     if out:
         out.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")

@@ -227,7 +227,7 @@ def eval_cmd(
     from captchalab.ocr import evaluate
 
     target = out or (data if data.is_dir() else data.parent) / "eval-report.json"
-    _check_writable_file(target)  # before the evaluation, so its work is not lost
+    check_writable_file(target)  # before the evaluation, so its work is not lost
     report = evaluate(model, data, case_sensitive=not case_insensitive, charset=charset, refine=refine)
     try:
         target.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -239,7 +239,7 @@ def eval_cmd(
     )
 
 
-def _check_writable_file(target: Path) -> None:
+def check_writable_file(target: Path) -> None:
     """Create ``target``'s parent folders and make sure a file can be written there; CaptchalabError if not."""
     if target.is_dir():
         raise CaptchalabError(f"{target}: is a folder; give a file name for the report")
