@@ -140,3 +140,26 @@ def test_calibrate_refuses_a_grid_without_matches_before_the_work(tmp_path: Path
     result = run_cli("grid", "calibrate", "default", str(folder), "-o", str(tmp_path / "b"), check=False)
     _one_line_error(result, "a.png", "lists no positions")
     assert not (tmp_path / "b").exists()
+
+
+def test_blank_cell_is_refused_by_name(tmp_path: Path):
+    rng = np.random.default_rng(5)
+    paths = []
+    for n in range(6):
+        path = tmp_path / f"c{n}.png"
+        pixels = np.full((40, 40, 3), 255, np.uint8) if n == 4 else rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path)
+        paths.append(str(path))
+    result = run_cli("grid", "solve", "-p", "猫", "--cells", *paths, check=False)
+    _one_line_error(result, "c4.png: the cell is one flat colour")
+
+
+def test_gutters_of_a_two_by_two_grid_still_give_a_captcha_layout():
+    from captchalab.runtime.grid_layout import LAYOUTS, guess_layout
+
+    rng = np.random.default_rng(6)
+    grid = np.full((206, 206, 3), 255, np.uint8)  # four 100 px cells with 6 px white gutters
+    for top in (0, 106):
+        for left in (0, 106):
+            grid[top : top + 100, left : left + 100] = rng.integers(0, 200, (100, 100, 3), dtype=np.uint8)
+    assert guess_layout(Image.fromarray(grid)) in LAYOUTS

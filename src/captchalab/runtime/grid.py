@@ -176,6 +176,10 @@ class GridSolver:
             if isinstance(cells, (str, bytes, os.PathLike)):  # one path is not a list of cells (a str iterates)
                 raise CaptchalabError("cells must be a list of images (row-major), not one path")
             pictures = [load_image(c) for c in cells]
+            for index, (cell, picture) in enumerate(zip(cells, pictures), 1):
+                if _one_colour(picture):
+                    where = str(cell) if isinstance(cell, (str, os.PathLike)) else f"cell {index}"
+                    raise CaptchalabError(f"{where}: the cell is one flat colour: there is no picture in it")
             if len(pictures) not in (6, 9):
                 raise CaptchalabError(f"{len(pictures)} cells given: a grid has 6 (2x3 / 3x2) or 9 (3x3)")
             shape = parse_layout(layout) or ((3, 3) if len(pictures) == 9 else (2, 3))
@@ -191,6 +195,13 @@ class GridSolver:
         except CaptchalabError as exc:
             raise CaptchalabError(f"{name}: {exc}" if name else str(exc)) from None
         return pictures, f"{rows}x{cols}"
+
+
+def _one_colour(picture: Image.Image) -> bool:
+    from captchalab.runtime.grid_layout import UNIFORM_TOL
+
+    pixels = np.asarray(picture.convert("RGB")).reshape(-1, 3)
+    return int(np.ptp(pixels, axis=0).max()) <= UNIFORM_TOL
 
 
 _SOLVERS: dict[tuple[str, int | None], GridSolver] = {}

@@ -262,7 +262,7 @@ def guess_layout(grid: Image.Image, lines: GridLines | None = None) -> tuple[int
     lines = lines or GridLines.of(grid)
     uniform_rows, uniform_cols = lines.uniform_rows, lines.uniform_cols
     rows, cols = _gutter_evidence(uniform_rows), _gutter_evidence(uniform_cols)
-    if rows and cols:
+    if (rows, cols) in LAYOUTS:  # gutters of a 2x2 grid, say, decide nothing: that is not a captcha layout
         log.debug("layout %dx%d from gutters", rows, cols)
         return rows, cols
     # Aspect ratio of the content, borders trimmed (a uniform frame would skew it for small grids).
