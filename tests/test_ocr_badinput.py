@@ -86,7 +86,7 @@ def test_predict_unreadable_folder_is_reported(few: Path, tmp_path: Path) -> Non
 
 def test_interactive_strips_quotes_json_and_exit_code(few: Path) -> None:
     image = sorted(few.glob("*.png"))[0]
-    lines = f'"{image}"\n\'{image}\'\n{few}\n'.encode()
+    lines = f"\"{image}\"\n'{image}'\n{few}\n".encode()
     result = run_cli("ocr", "predict", "--json", input=lines, check=False)
     assert result.returncode == 2
     readings = [json.loads(line[line.index("{") :]) for line in result.stdout_text.splitlines() if "{" in line]

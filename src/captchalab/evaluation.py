@@ -39,7 +39,8 @@ def ocr_report(
     return {
         "images": len(labels),
         "exact_accuracy": exact / n,
-        "char_accuracy": 1.0 - errors / max(total_chars, 1),
+        # clamped: total edits can exceed the label characters when readings are much longer than labels
+        "char_accuracy": max(0.0, 1.0 - errors / max(total_chars, 1)),
         "case_sensitive": case_sensitive,
         "top_confusions": [
             {"true": t, "predicted": p, "count": c} for (t, p), c in confusions.most_common(top_confusions)

@@ -5,6 +5,7 @@ training (cache) and runtime (onnxruntime). Never imports torch: one implementat
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -133,7 +134,21 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, data: dict) -> Preprocess:
-        return cls(**{k: data[k] for k in ("height", "width", "channels", "mean", "std") if k in data})
+        """Checked: ValueError naming the field when a size, the channel count, mean or std is unusable."""
+        preprocess = cls(**{k: data[k] for k in ("height", "width", "channels", "mean", "std") if k in data})
+        for name in ("height", "width"):
+            value = getattr(preprocess, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 4096:
+                raise ValueError(f"preprocess {name} {value!r} is not a size in pixels")
+        if preprocess.channels not in (1, 3) or isinstance(preprocess.channels, bool):
+            raise ValueError(f"preprocess channels {preprocess.channels!r} is neither 1 nor 3")
+        for name in ("mean", "std"):
+            value = getattr(preprocess, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"preprocess {name} {value!r} is not a number")
+        if preprocess.std == 0:
+            raise ValueError("preprocess std is 0")
+        return preprocess
 
     def to_uint8(self, image: Image.Image) -> np.ndarray:
         """RGB PIL image -> resized (H, W, C) uint8, the form kept in the training cache."""

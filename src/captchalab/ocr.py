@@ -132,8 +132,6 @@ def evaluate(
     if not labels:
         raise CaptchalabError(f"{data}: none of the images could be read")
     report = ocr_report(predictions, labels, compare_case)
-    # 1 - total edits / total label characters can go below 0 when readings are longer than labels
-    report["char_accuracy"] = max(0.0, report["char_accuracy"])
     report.update({"model": str(model), "data": str(data), "skipped_images": skipped,
                    "refiner": getattr(reader, "refiner", None) is not None})  # fmt: skip
     return report

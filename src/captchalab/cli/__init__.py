@@ -13,6 +13,22 @@ from captchalab.cli.ocr import app as ocr_app
 from captchalab.cli.search import app as search_app
 from captchalab.errors import CaptchalabError
 
+
+def _flags_without_type() -> None:
+    """typer 0.29 shows every flag as ``--json <bool>``, which reads as if it took a value; show no type for flags."""
+    option = getattr(typer.core, "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None:
+        return
+
+    def display_type_rich(self, ctx):  # noqa: ANN001, ANN202
+        return None if getattr(self, "is_flag", False) and self.metavar is None else shown(self, ctx)
+
+    option.display_type_rich = display_type_rich
+
+
+_flags_without_type()
+
 app = typer.Typer(
     help="Recognise CAPTCHA-like images with models you can train yourself.",
     no_args_is_help=True,

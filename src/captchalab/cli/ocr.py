@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -137,16 +138,12 @@ def export_cmd(
     """Export to ONNX; the test split must decode identically through torch and ONNX."""
     _need_torch("ocr export")
     from captchalab.data.charset import parse_alphabets
+    from captchalab.export.common import read_licenses
     from captchalab.export.ocr import export_ocr
 
     priors = parse_alphabets(alphabets) if alphabets else None  # before the export's long work
 
-    credits = None
-    if licenses:
-        try:
-            credits = json.loads(licenses.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CaptchalabError(f"{licenses}: not a readable JSON list ({exc})") from None
+    credits = read_licenses(licenses)
     manifest = export_ocr(
         run,
         out,
@@ -178,13 +175,16 @@ def refine(
 ) -> None:
     """Teach a bundle a second look at look-alike characters (such as O and 0) on full-resolution crops."""
     _need_torch("ocr refine")
-    from captchalab.export.ocr_refine import export_refined_bundle
+    from captchalab.export.ocr_refine import check_refinable, export_refined_bundle
     from captchalab.runtime.ocr_refine import RefineSpec
     from captchalab.training.ocr_refine import RefineOptions, collect_crops, split_crops, train_refiner
 
     group = "".join(dict.fromkeys(chars))
     if len(group) < 2:
         raise CaptchalabError(f"--chars {chars!r}: give at least two characters that look alike")
+    if not (math.isfinite(lr) and lr > 0):
+        raise CaptchalabError(f"--lr must be a positive number, not {lr!r}")
+    check_refinable(model, out)  # before the long work
     opts = RefineOptions(chars=group, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
     spec = RefineSpec(group, opts.height, opts.width)
     crops = collect_crops(model, data, spec)

@@ -39,8 +39,8 @@ def parse_alphabets(text: str) -> dict[str, float]:
             value = float(weight) if weight else 1.0
         except ValueError:
             raise CaptchalabError(f"alphabet {part!r}: the prior after ':' must be a number") from None
-        if not value > 0:
-            raise CaptchalabError(f"alphabet {part!r}: the prior must be positive")
+        if not 0 < value < float("inf"):
+            raise CaptchalabError(f"alphabet {part!r}: the prior must be a positive number")
         weights[spec] = weights.get(spec, 0.0) + value
     if not weights:
         raise CaptchalabError("no alphabet given (e.g. lower+digits,upper+digits,alnum)")

@@ -26,6 +26,8 @@ from captchalab.progress import track
 log = logging.getLogger(__name__)
 
 STYLES = ("captcha", "builtin", "mixed")
+# a path separator, or '-' (the label is what follows the last '-' of the name), or a control character
+_NOT_IN_FILE_NAMES = "/\\-" + "".join(map(chr, range(32))) + "\x7f"
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ class GenerateConfig:
             raise CaptchalabError(f"image size {self.width}x{self.height} is too small (16x16 at least)")
         if not 0.0 <= self.favour_rate <= 1.0:
             raise CaptchalabError(f"--favour rate must be between 0 and 1, got {self.favour_rate}")
+        unsafe = sorted(set(self.charset) & set(_NOT_IN_FILE_NAMES))
+        if unsafe:
+            raise CaptchalabError(
+                f"--charset holds {''.join(unsafe)!r}: labels go in file names NNNNN-<label>.png, which cannot "
+                "hold '/', '\\', '-' or control characters"
+            )
         if self.favour_rate and not set(self.favour) & set(self.charset):
             raise CaptchalabError(f"--favour {self.favour!r}: none of these characters is in the charset")
 
@@ -74,13 +82,18 @@ def parse_favour(text: str) -> tuple[str, float]:
     return chars, value
 
 
+MAX_SIDE = 4096  # pixels; a larger captcha or model input is a typo, and would exhaust memory
+
+
 def parse_size(text: str) -> tuple[int, int]:
-    """``'160x60'`` -> (160, 60)."""
+    """``'160x60'`` -> (160, 60); each side 1 to ``MAX_SIDE`` pixels."""
     try:
         width, height = (int(v) for v in text.lower().split("x"))
-        return width, height
     except ValueError:
         raise CaptchalabError(f"bad --size {text!r}: use WIDTHxHEIGHT such as 160x60") from None
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
+        raise CaptchalabError(f"bad --size {text}: each side must be 1 to {MAX_SIDE} pixels")
+    return width, height
 
 
 def sample_rng(seed: int, index: int) -> random.Random:
@@ -254,18 +267,44 @@ def generate(out_dir: str | Path, count: int, config: GenerateConfig, workers: i
     """Write ``count`` captchas ``<index>-<label>.png`` into ``out_dir``; returns the file names in index order."""
     if count < 1:
         raise CaptchalabError(f"--count must be at least 1, got {count}")
+    if start < 0 or workers < 1:
+        raise CaptchalabError(f"--start must be >= 0 and --workers >= 1, got {start} and {workers}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CaptchalabError(f"{out}: exists and is not a folder") from None
+    except OSError as exc:
+        raise CaptchalabError(f"{out}: cannot create the folder ({exc.strerror or exc})") from None
     digits = max(5, len(str(start + count - 1)))
+    earlier = _numbered_files(out, range(start, start + count))
     jobs = [(i, str(out), digits) for i in range(start, start + count)]
-    if workers <= 1:
-        _init_worker(config)
-        names = [_write_one(j) for j in track(jobs, len(jobs), "generating")]
-    else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(config,)) as pool:
-            names = list(track(pool.map(_write_one, jobs, chunksize=64), len(jobs), "generating"))
+    try:
+        if workers == 1:
+            _init_worker(config)
+            names = [_write_one(j) for j in track(jobs, len(jobs), "generating")]
+        else:
+            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(config,)) as pool:
+                names = list(track(pool.map(_write_one, jobs, chunksize=64), len(jobs), "generating"))
+    except OSError as exc:  # a read-only folder, a full disk
+        raise CaptchalabError(f"{exc.filename or out}: cannot write ({exc.strerror or exc})") from None
+    stale = [path for path in earlier if path.name not in set(names)]
+    for path in stale:  # a rerun with other settings replaces the captchas at its indices, never mixes with them
+        path.unlink(missing_ok=True)
+    if stale:
+        log.warning("%s: replaced %d captchas of an earlier run at the same indices", out, len(stale))
     log.debug("wrote %d captchas to %s", len(names), out)
     return names
+
+
+def _numbered_files(folder: Path, indices: range) -> list[Path]:
+    """The ``<index>-<label>.png`` files in ``folder`` whose index is in ``indices``."""
+    found = []
+    for path in folder.glob("*-*.png"):
+        number = path.name.split("-", 1)[0]
+        if number.isdigit() and int(number) in indices:
+            found.append(path)
+    return found
 
 
 def iter_samples(config: GenerateConfig, count: int, start: int = 0) -> Iterator[tuple[str, Image.Image]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,33 +39,66 @@ def _from_folder(root: Path) -> list[LabelledImage]:
     return items
 
 
+def _lines(file: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a labels file's non-blank lines; CaptchalabError if it cannot be read as UTF-8."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = _line_at(file.read_bytes(), exc.start)
+        raise CaptchalabError(f"{file}:{line}: not UTF-8 text (save the labels file as UTF-8)") from None
+    except OSError as exc:
+        raise CaptchalabError(f"{file}: cannot read the labels file ({exc.strerror or exc})") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            yield number, line
+
+
+def _line_at(data: bytes, offset: int) -> int:
+    """The 1-based line number of byte ``offset`` in ``data``."""
+    return data.count(b"\n", 0, offset) + 1
+
+
 def _from_tsv(file: Path) -> list[LabelledImage]:
-    items = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    items = _Listing(file)
+    for number, line in _lines(file):
         parts = line.split("\t")
-        if len(parts) != 2 or not parts[1]:
+        if len(parts) != 2 or not parts[0] or not parts[1]:
             raise CaptchalabError(f"{file}:{number}: expected 'path<TAB>label', got {line[:80]!r}")
-        items.append(_item(file, parts[0], parts[1]))
-    return items
+        items.add(number, parts[0], parts[1])
+    return items.items
 
 
 def _from_jsonl(file: Path) -> list[LabelledImage]:
-    items = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    items = _Listing(file)
+    for number, line in _lines(file):
         try:
             record = json.loads(line)
             path = record.get("image") or record.get("path") or record.get("file")
             label = record.get("label", record.get("text"))
         except (json.JSONDecodeError, AttributeError):
             raise CaptchalabError(f"{file}:{number}: not a JSON object") from None
-        if not path or not isinstance(label, str) or not label:
-            raise CaptchalabError(f'{file}:{number}: needs "image" (or "path") and a non-empty "label"')
-        items.append(_item(file, path, label))
-    return items
+        if not path or not isinstance(path, str) or not isinstance(label, str) or not label:
+            raise CaptchalabError(f'{file}:{number}: needs "image" (or "path") as a string and a non-empty "label"')
+        items.add(number, path, label)
+    return items.items
+
+
+class _Listing:
+    """The images a labels file lists, each once: a second line for the same path is an error naming both lines."""
+
+    def __init__(self, file: Path):
+        self.file, self.items, self._first_line = file, [], {}
+
+    def add(self, number: int, path: str, label: str) -> None:
+        if "\0" in path:
+            raise CaptchalabError(f"{self.file}:{number}: the image path holds a NUL character")
+        item = _item(self.file, path, label)
+        if item.key in self._first_line:
+            raise CaptchalabError(
+                f"{self.file}:{number}: lists {path} again (first on line {self._first_line[item.key]})"
+            )
+        self._first_line[item.key] = number
+        self.items.append(item)
 
 
 def _item(labels_file: Path, path: str, label: str) -> LabelledImage:

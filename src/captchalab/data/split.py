@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,8 +18,8 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
         ratios = tuple(float(v) for v in text.split(","))
     except ValueError:
         ratios = ()
-    if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0:
-        raise CaptchalabError(f"bad split ratios {text!r}: use three numbers such as 0.8,0.1,0.1")
+    if len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios) or ratios[0] <= 0:
+        raise CaptchalabError(f"bad split ratios {text!r}: use three numbers >= 0 such as 0.8,0.1,0.1 (train above 0)")
     total = sum(ratios)
     return tuple(r / total for r in ratios)  # type: ignore[return-value]
 
@@ -53,5 +54,15 @@ def write_split(path: Path, split: dict[str, list[str]], seed: int, ratios: tupl
 
 
 def read_split(path: Path) -> dict[str, list[str]]:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    """The keys of each split in ``split.json``; CaptchalabError when it is missing or damaged."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CaptchalabError(f"{path}: no such file; is this a training run folder?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CaptchalabError(f"{path}: cannot read the split ({exc})") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), list) and all(isinstance(key, str) for key in data[k]) for k in SPLITS
+    ):
+        raise CaptchalabError(f"{path}: not a split file (needs lists of image names under {', '.join(SPLITS)})")
     return {k: data[k] for k in SPLITS}

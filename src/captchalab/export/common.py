@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,15 @@ def check_bundle_destination(out: Path) -> None:
     """Before any work: ``out`` must be new or an earlier bundle (``install_bundle`` replaces only those)."""
     if out.exists() and not (out / MANIFEST).is_file():
         raise CaptchalabError(f"{out}: exists and is not a bundle; refusing to overwrite it")
+
+
+def make_work_folder(out: Path) -> Path:
+    """A private folder beside ``out`` to build the bundle in (then renamed onto ``out`` by ``install_bundle``)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
+    except OSError as exc:
+        raise CaptchalabError(f"{out}: cannot write the bundle there ({exc.strerror or exc})") from None
 
 
 def read_licenses(path: Path | None) -> list | None:

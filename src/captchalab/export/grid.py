@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from captchalab.errors import CaptchalabError
-from captchalab.export.common import check_bundle_destination, install_bundle, quantize_int8
+from captchalab.export.common import check_bundle_destination, install_bundle, make_work_folder, quantize_int8
 from captchalab.export.grid_calibrate import calibrate
 from captchalab.imaging import ClipPreprocess
 from captchalab.runtime.bundle import FORMAT_VERSION, onnx_session, sha256_file
@@ -139,8 +138,7 @@ def export_grid(
 
     image_tower, text_tower = _ImageTower(model).eval(), _TextTower(model).eval()
     torch_images, torch_texts = _torch_embed(image_tower, images), _torch_embed(text_tower, token_ids)
-    out.parent.mkdir(parents=True, exist_ok=True)  # the bundle is built beside its destination, then renamed
-    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
+    work = make_work_folder(out)
     try:
         _onnx_export(image_tower, torch.from_numpy(images[:2]), work / "image.onnx", "image")
         _onnx_export(text_tower, torch.from_numpy(token_ids[:2]), work / "text.onnx", "token_ids")

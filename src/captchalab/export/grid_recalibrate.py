@@ -14,14 +14,13 @@ import copy
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from captchalab.errors import CaptchalabError
-from captchalab.export.common import check_bundle_destination, install_bundle
+from captchalab.export.common import check_bundle_destination, install_bundle, make_work_folder
 from captchalab.export.grid_calibrate import RELATIVE_STEPS, context_rule, count_solved, fit_rule
 from captchalab.progress import track
 from captchalab.runtime.bundle import MANIFEST, load_bundle, sha256_file
@@ -247,8 +246,7 @@ def _with(params: RuleParams, threshold: float, relative: float) -> RuleParams:
 def _write(source: Path, out: Path, manifest: dict, pictures: WordPictures | None) -> None:
     """Copy the bundle's files next to ``out`` with the new manifest (and new ``pictures``), then move it into
     place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
+    work = make_work_folder(out)
     try:
         for file in source.iterdir():
             if file.is_file() and file.name != MANIFEST:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -16,10 +15,10 @@ from captchalab.data.labels import read_labelled_images
 from captchalab.data.split import read_split
 from captchalab.errors import CaptchalabError
 from captchalab.evaluation import ocr_report
-from captchalab.export.common import install_bundle, quantize_int8
+from captchalab.export.common import check_bundle_destination, install_bundle, make_work_folder, quantize_int8
 from captchalab.imaging import Preprocess
 from captchalab.runtime.bundle import FORMAT_VERSION, onnx_session, sha256_file
-from captchalab.runtime.decode import decode
+from captchalab.runtime.decode import allowed_chars, decode
 from captchalab.training.checkpoint import load_torch
 from captchalab.training.ocr import load_run_model
 
@@ -60,7 +59,13 @@ def export_ocr(
     The test split goes through torch and through ONNX; any difference in the decoded strings aborts the export.
     """
     run, out = Path(run_dir), Path(out_dir)
+    check_bundle_destination(out)  # before the export, not after it
     model, config = load_run_model(run)
+    for spec in alphabets or {}:
+        try:
+            allowed_chars(spec, config["charset"])
+        except CaptchalabError:
+            raise CaptchalabError(f"--alphabets {spec!r}: the model has none of these characters") from None
     preprocess = Preprocess.from_dict(config["preprocess"])
     images, labels = _split_images(run, config, "test")
     batch = preprocess.normalize(images)
@@ -71,8 +76,7 @@ def export_ocr(
         )
     torch_texts = [t for t, _ in decode(torch_log_probs, config["charset"], config["decoder"])]
 
-    out.parent.mkdir(parents=True, exist_ok=True)  # the bundle is built beside its destination, then renamed
-    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
+    work = make_work_folder(out)
     try:
         fp32 = work / "model.onnx"
         dummy = torch.from_numpy(batch[:2])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -13,12 +12,22 @@ import numpy as np
 import torch
 
 from captchalab.errors import CaptchalabError
-from captchalab.export.common import install_bundle
-from captchalab.runtime.bundle import MANIFEST, load_bundle, onnx_session, sha256_file
+from captchalab.export.common import check_bundle_destination, install_bundle, make_work_folder
+from captchalab.runtime.bundle import MANIFEST, Bundle, load_bundle, onnx_session, sha256_file
 from captchalab.runtime.ocr_refine import RefineSpec
 
 log = logging.getLogger(__name__)
 REFINER_FILE = "refiner.onnx"
+
+
+def check_refinable(source: str | Path, out: str | Path) -> Bundle:
+    """Before any work: ``source`` must be a CTC bundle and ``out`` new or an earlier bundle."""
+    check_bundle_destination(Path(out))
+    bundle = load_bundle(source, "ocr")
+    if bundle.manifest.get("decoder") != "ctc-greedy":
+        decoder = bundle.manifest.get("decoder")
+        raise CaptchalabError(f"{bundle.path}: a refiner needs a CTC model (this bundle's decoder is {decoder!r})")
+    return bundle
 
 
 def export_refined_bundle(
@@ -31,13 +40,9 @@ def export_refined_bundle(
 ) -> dict:
     """Copy bundle ``source`` ('default' or a folder) to ``out`` with ``net`` as its refiner; returns the manifest.
     ``parity_crops``: (N, H, W) uint8 crops on which torch and ONNX must pick the same class."""
-    bundle = load_bundle(source, "ocr")
-    if bundle.manifest.get("decoder") != "ctc-greedy":
-        decoder = bundle.manifest.get("decoder")
-        raise CaptchalabError(f"{bundle.path}: a refiner needs a CTC model (this bundle's decoder is {decoder!r})")
+    bundle = check_refinable(source, out)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".refine-", dir=out.parent))
+    work = make_work_folder(out)
     try:
         for file in bundle.path.iterdir():
             if file.is_file() and file.name not in (MANIFEST, REFINER_FILE):

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from captchalab.errors import CaptchalabError
 from captchalab.imaging import ImageInput, Preprocess, load_image
 from captchalab.runtime.bundle import load_bundle, onnx_session, reading_manifest
 from captchalab.runtime.decode import (
+    DECODERS,
     allowed_chars,
     choose_alphabets,
     decode,
@@ -57,6 +59,7 @@ class OcrReader:
             self.preprocess = Preprocess.from_dict(manifest["preprocess"])
             self.model_charset: str = manifest["charset"]
             self.decoder: str = manifest["decoder"]
+            _check_manifest(manifest)
             model_case_sensitive = manifest.get("case_sensitive", True)
             self.output = OutputSpace.make(
                 self.model_charset, model_case_sensitive, case_sensitive, charset, manifest.get("alphabets")
@@ -65,10 +68,23 @@ class OcrReader:
             self.threads = threads
             self._session = onnx_session(self.bundle.file("model"), threads, providers)
             self._input = self._session.get_inputs()[0].name
+            self._check_model_shapes()
             self.refiner: Refiner | None = None
             if refine and "refiner" in manifest:
                 spec = RefineSpec.from_dict(manifest["refiner"])
                 self.refiner = Refiner(self.bundle.file("refiner"), spec, threads, providers)
+
+    def _check_model_shapes(self) -> None:
+        """The ONNX model must take the manifest's input size and output one class per character plus the blank."""
+        expected = (self.preprocess.channels, self.preprocess.height, self.preprocess.width)
+        given = tuple(self._session.get_inputs()[0].shape[1:])
+        if len(given) != 3 or any(isinstance(g, int) and g != e for g, e in zip(given, expected)):
+            raise ValueError(f"the model takes input {list(given)}, the manifest's preprocess says {list(expected)}")
+        classes = self._session.get_outputs()[0].shape[-1]
+        if isinstance(classes, int) and classes != len(self.model_charset) + 1:
+            raise ValueError(
+                f"the model outputs {classes} classes, the manifest's charset needs {len(self.model_charset) + 1}"
+            )
 
     def inputs(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Images -> the (B, C, H, W) float32 batch the model takes."""
@@ -116,6 +132,27 @@ class OcrReader:
                     pending = pool.submit(self.prepare, following)
                 readings += self.run(*prepared)
         return readings
+
+
+def _check_manifest(manifest: dict) -> None:
+    """ValueError for a charset, decoder or alphabets entry the runtime could not use (a hand-edited manifest)."""
+    chars, decoder = manifest["charset"], manifest["decoder"]
+    if not isinstance(chars, str) or not chars or len(set(chars)) != len(chars):
+        raise ValueError(f"charset {chars!r} is not a string of distinct characters")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder {decoder!r} is not one of {', '.join(DECODERS)}")
+    alphabets = manifest.get("alphabets")
+    if alphabets is not None:
+        if not isinstance(alphabets, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+            for k, v in alphabets.items()
+        ):
+            raise ValueError(f"alphabets {alphabets!r} is not a mapping of alphabet to a positive prior")
+        for spec in alphabets:
+            try:
+                allowed_chars(spec, chars)
+            except CaptchalabError:
+                raise ValueError(f"alphabet {spec!r} has none of the model's characters") from None
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,32 @@ class OcrTrainOptions:
     workers: int | None = None
     model: dict = field(default_factory=dict)  # extra model config fields (e.g. widths for a tiny model)
 
+    def check(self) -> None:
+        """CaptchalabError naming the first option a run could not use (before anything is written)."""
+        if self.arch not in OCR_ARCHS:
+            raise CaptchalabError(f"unknown --arch {self.arch!r}; choose one of {', '.join(OCR_ARCHS)}")
+        if self.schedule not in ("plateau", "cosine"):
+            raise CaptchalabError(f"unknown --schedule {self.schedule!r}: use plateau or cosine")
+        for option, value, least in (
+            ("--batch-size", self.batch_size, 1),
+            ("--max-epochs", self.max_epochs, 1),
+            ("--patience", self.patience, 1),
+            ("--workers", 1 if self.workers is None else self.workers, 1),
+        ):
+            if not isinstance(value, int) or value < least:
+                raise CaptchalabError(f"{option} must be a whole number of at least {least}, not {value!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise CaptchalabError(f"--lr must be a positive number, not {self.lr!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise CaptchalabError(f"weight decay must be a number >= 0, not {self.weight_decay!r}")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise CaptchalabError(f"--max-minutes must be a positive number, not {self.max_minutes!r}")
+        if len(self.ratios) != 3 or not all(math.isfinite(r) and r > 0 for r in self.ratios):
+            raise CaptchalabError(
+                f"--split {','.join(f'{r:g}' for r in self.ratios)}: training needs all three of train, valid "
+                "(early stopping) and test (the report) above 0"
+            )
+
 
 class _Batches:
     """Mini-batches from a cached split: (B, C, H, W) float input and encoded targets."""
@@ -204,15 +230,8 @@ def train_ocr(
     if resume and not (run / "config.json").exists():
         raise CaptchalabError(f"{run}: nothing to resume (no config.json); start a run without --resume")
     if resume:
-        saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
-        opts = OcrTrainOptions(
-            **{
-                **saved["options"],
-                "ratios": tuple(saved["options"]["ratios"]),
-                "model": saved.get("model_overrides", {}),
-                **(budget or {}),
-            }
-        )
+        saved = _read_run_config(run)
+        opts = _saved_options(run, saved, budget or {})
         data = saved["data"]
         commands = [*saved.get("commands", []), command]
     elif (run / "last.pt").exists():
@@ -220,11 +239,10 @@ def train_ocr(
     else:
         commands = [command]
     opts = opts or OcrTrainOptions()
-    if opts.arch not in OCR_ARCHS:
-        raise CaptchalabError(f"unknown --arch {opts.arch!r}; choose one of {', '.join(OCR_ARCHS)}")
+    opts.check()
     ctx = distributed.setup(opts.device)
     torch.manual_seed(opts.seed)
-    run.mkdir(parents=True, exist_ok=True)
+    _make_run_folder(run)
 
     # Rank 0 writes the split and the cache first; other ranks then reuse both (no two writers on one file).
     if not ctx.is_main:
@@ -245,12 +263,10 @@ def train_ocr(
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     if opts.schedule == "cosine":
         scheduler = None  # set by hand from progress, so a time budget or a new epoch budget on resume just works
-    elif opts.schedule == "plateau":
+    else:
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=0.5, patience=max(2, opts.patience // 4)
         )
-    else:
-        raise CaptchalabError(f"unknown --schedule {opts.schedule!r}: use plateau or cosine")
     criterion = _loss_fn(decoder)
     history: list[dict] = []
     best_acc, best_epoch, start_epoch = -1.0, 0, 1
@@ -345,6 +361,42 @@ def train_ocr(
         write_json(run / "report.json", report)
     distributed.teardown()
     return report
+
+
+def _read_run_config(run: Path) -> dict:
+    """RUN/config.json of a run to resume; CaptchalabError when it is unreadable or not a run config."""
+    file = run / "config.json"
+    try:
+        saved = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CaptchalabError(f"{file}: cannot resume, the run config is unreadable ({exc})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("options"), dict) or "data" not in saved:
+        raise CaptchalabError(f"{file}: cannot resume, this is not a captchalab OCR run config")
+    return saved
+
+
+def _saved_options(run: Path, saved: dict, budget: dict) -> OcrTrainOptions:
+    """The options a run was started with, with ``budget`` (epochs, patience, minutes) applied."""
+    try:
+        return OcrTrainOptions(
+            **{
+                **saved["options"],
+                "ratios": tuple(saved["options"]["ratios"]),
+                "model": saved.get("model_overrides", {}),
+                **budget,
+            }
+        )
+    except (TypeError, KeyError) as exc:
+        raise CaptchalabError(f"{run / 'config.json'}: cannot resume, the saved options do not fit ({exc})") from None
+
+
+def _make_run_folder(run: Path) -> None:
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CaptchalabError(f"{run}: exists and is not a folder; pick another --out") from None
+    except OSError as exc:
+        raise CaptchalabError(f"{run}: cannot create the run folder ({exc.strerror or exc})") from None
 
 
 def load_run_model(run: Path) -> tuple[torch.nn.Module, dict]:
