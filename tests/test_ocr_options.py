@@ -133,11 +133,17 @@ def test_generate_refuses_characters_a_file_name_cannot_hold(charset: str) -> No
         GenerateConfig(charset=charset)
 
 
-def test_generate_rerun_replaces_its_indices(tmp_path: Path) -> None:
+def test_generate_rerun_same_command_but_never_over_other_captchas(tmp_path: Path) -> None:
     first = generate(tmp_path, 4, GenerateConfig(charset="abc", seed=1))
-    second = generate(tmp_path, 2, GenerateConfig(charset="xyz", seed=2))
-    names = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert names == sorted([*second, *first[2:]])
+    assert generate(tmp_path, 4, GenerateConfig(charset="abc", seed=1)) == first  # the same run again: fine
+    mine = tmp_path / "00001-mine.png"
+    mine.write_bytes(b"a user's own image")
+    with pytest.raises(CaptchalabError, match=r"already holds 3 captchas .* --start 4,") as error:
+        generate(tmp_path, 2, GenerateConfig(charset="xyz", seed=2))
+    assert "e.g. 00000-" in str(error.value)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted([*first, mine.name])  # nothing written or lost
+    generate(tmp_path, 2, GenerateConfig(charset="xyz", seed=2), start=4)  # after them: fine
+    assert len(list(tmp_path.glob("*.png"))) == 7
 
 
 def test_generate_bad_destination(tmp_path: Path) -> None:

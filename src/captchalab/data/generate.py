@@ -101,6 +101,22 @@ def sample_rng(seed: int, index: int) -> random.Random:
     return random.Random(seed * 0x9E3779B1 + index)
 
 
+def _draw_label(cfg: GenerateConfig, rng: random.Random) -> str:
+    """The label of a sample: the first draws of its random stream (the picture is drawn from the rest)."""
+    length = rng.randint(cfg.min_length, cfg.max_length)
+    if cfg.favour_rate:  # (sets without favoured characters draw exactly as before: same seed, same images)
+        favoured = "".join(c for c in cfg.charset if c in set(cfg.favour))
+        return "".join(
+            rng.choice(favoured) if rng.random() < cfg.favour_rate else rng.choice(cfg.charset) for _ in range(length)
+        )
+    return "".join(rng.choice(cfg.charset) for _ in range(length))
+
+
+def label_of(config: GenerateConfig, index: int) -> str:
+    """The label sample ``index`` will have, without drawing its picture."""
+    return _draw_label(config, sample_rng(config.seed, index))
+
+
 class _SeededSecrets:
     """Stands in for the ``secrets`` module inside ``captcha.image``, which otherwise cannot be seeded."""
 
@@ -233,15 +249,7 @@ class CaptchaGenerator:
     def sample(self, index: int) -> tuple[str, Image.Image]:
         cfg = self.config
         rng = sample_rng(cfg.seed, index)
-        length = rng.randint(cfg.min_length, cfg.max_length)
-        if cfg.favour_rate:  # (sets without favoured characters draw exactly as before: same seed, same images)
-            favoured = "".join(c for c in cfg.charset if c in set(cfg.favour))
-            text = "".join(
-                rng.choice(favoured) if rng.random() < cfg.favour_rate else rng.choice(cfg.charset)
-                for _ in range(length)
-            )
-        else:
-            text = "".join(rng.choice(cfg.charset) for _ in range(length))
+        text = _draw_label(cfg, rng)
         style = cfg.style if cfg.style != "mixed" else rng.choice(("captcha", "builtin"))
         return text, self._renderer(style).render(text, rng)
 
@@ -277,7 +285,7 @@ def generate(out_dir: str | Path, count: int, config: GenerateConfig, workers: i
     except OSError as exc:
         raise CaptchalabError(f"{out}: cannot create the folder ({exc.strerror or exc})") from None
     digits = max(5, len(str(start + count - 1)))
-    earlier = _numbered_files(out, range(start, start + count))
+    _refuse_other_runs(out, config, range(start, start + count), digits)
     jobs = [(i, str(out), digits) for i in range(start, start + count)]
     try:
         if workers == 1:
@@ -288,23 +296,29 @@ def generate(out_dir: str | Path, count: int, config: GenerateConfig, workers: i
                 names = list(track(pool.map(_write_one, jobs, chunksize=64), len(jobs), "generating"))
     except OSError as exc:  # a read-only folder, a full disk
         raise CaptchalabError(f"{exc.filename or out}: cannot write ({exc.strerror or exc})") from None
-    stale = [path for path in earlier if path.name not in set(names)]
-    for path in stale:  # a rerun with other settings replaces the captchas at its indices, never mixes with them
-        path.unlink(missing_ok=True)
-    if stale:
-        log.warning("%s: replaced %d captchas of an earlier run at the same indices", out, len(stale))
     log.debug("wrote %d captchas to %s", len(names), out)
     return names
 
 
-def _numbered_files(folder: Path, indices: range) -> list[Path]:
-    """The ``<index>-<label>.png`` files in ``folder`` whose index is in ``indices``."""
-    found = []
+def _refuse_other_runs(folder: Path, config: GenerateConfig, indices: range, digits: int) -> None:
+    """CaptchalabError when ``folder`` already holds ``<index>-<label>.png`` files at ``indices`` that this run
+    would not write (another seed, charset or length, or the user's own images): two captchas at one index would
+    mix two sets, and deleting them could lose the user's work. The same command run again is fine."""
+    numbered = {}
     for path in folder.glob("*-*.png"):
         number = path.name.split("-", 1)[0]
-        if number.isdigit() and int(number) in indices:
-            found.append(path)
-    return found
+        if number.isdigit():
+            numbered[path.name] = int(number)
+    others = sorted(
+        name
+        for name, index in numbered.items()
+        if index in indices and name != f"{index:0{digits}d}-{label_of(config, index)}.png"
+    )
+    if others:
+        raise CaptchalabError(
+            f"{folder}: already holds {len(others)} captchas at the indices this run writes that it would not "
+            f"write (e.g. {others[0]}): use another folder, --start {max(numbered.values()) + 1}, or remove them"
+        )
 
 
 def iter_samples(config: GenerateConfig, count: int, start: int = 0) -> Iterator[tuple[str, Image.Image]]:
