@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from captchalab.data.charset import parse_charset_spec
 from captchalab.data.fonts import cjk_fonts, latin_fonts
 from captchalab.errors import CaptchalabError
+from captchalab.folders import make_folder
 from captchalab.progress import track
 
 log = logging.getLogger(__name__)
@@ -277,13 +278,7 @@ def generate(out_dir: str | Path, count: int, config: GenerateConfig, workers: i
         raise CaptchalabError(f"--count must be at least 1, got {count}")
     if start < 0 or workers < 1:
         raise CaptchalabError(f"--start must be >= 0 and --workers >= 1, got {start} and {workers}")
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise CaptchalabError(f"{out}: exists and is not a folder") from None
-    except OSError as exc:
-        raise CaptchalabError(f"{out}: cannot create the folder ({exc.strerror or exc})") from None
+    out = make_folder(Path(out_dir))
     digits = max(5, len(str(start + count - 1)))
     _refuse_other_runs(out, config, range(start, start + count), digits)
     jobs = [(i, str(out), digits) for i in range(start, start + count)]

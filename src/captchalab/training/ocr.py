@@ -23,6 +23,7 @@ from captchalab.data.labels import read_labelled_images
 from captchalab.data.split import read_split, split_keys, write_split
 from captchalab.errors import CaptchalabError
 from captchalab.evaluation import ocr_report
+from captchalab.folders import make_folder
 from captchalab.imaging import Preprocess
 from captchalab.models import OCR_ARCHS, create_ocr_model, model_config_dict
 from captchalab.progress import track
@@ -242,7 +243,7 @@ def train_ocr(
     opts.check()
     ctx = distributed.setup(opts.device)
     torch.manual_seed(opts.seed)
-    _make_run_folder(run)
+    make_folder(run, "run folder", hint="; pick another --out")
 
     # Rank 0 writes the split and the cache first; other ranks then reuse both (no two writers on one file).
     if not ctx.is_main:
@@ -388,15 +389,6 @@ def _saved_options(run: Path, saved: dict, budget: dict) -> OcrTrainOptions:
         )
     except (TypeError, KeyError) as exc:
         raise CaptchalabError(f"{run / 'config.json'}: cannot resume, the saved options do not fit ({exc})") from None
-
-
-def _make_run_folder(run: Path) -> None:
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise CaptchalabError(f"{run}: exists and is not a folder; pick another --out") from None
-    except OSError as exc:
-        raise CaptchalabError(f"{run}: cannot create the run folder ({exc.strerror or exc})") from None
 
 
 def load_run_model(run: Path) -> tuple[torch.nn.Module, dict]:
