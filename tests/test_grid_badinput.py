@@ -101,7 +101,7 @@ def test_eval_options_are_checked_before_the_work(tmp_path: Path):
     assert not (tmp_path / "r.json").exists()  # a refused run leaves nothing behind
     # a missing grid is a failure of that grid, named on the console; the report's folder is made
     result = run_cli("grid", "eval", "default", str(folder), "-o", str(tmp_path / "new" / "r.json"))
-    assert "missing.png" in result.stderr_text and "unreadable 1" in result.stdout_text
+    assert "missing.png" in result.stderr_text and "not scored (unreadable or mislabelled) 1" in result.stdout_text
     assert json.loads((tmp_path / "new" / "r.json").read_text(encoding="utf-8"))["errors"]
 
 
@@ -163,3 +163,18 @@ def test_gutters_of_a_two_by_two_grid_still_give_a_captcha_layout():
         for left in (0, 106):
             grid[top : top + 100, left : left + 100] = rng.integers(0, 200, (100, 100, 3), dtype=np.uint8)
     assert guess_layout(Image.fromarray(grid)) in LAYOUTS
+
+
+def test_eval_auto_layout_positions_beyond_the_split_grid(tmp_path: Path):
+    rng = np.random.default_rng(7)
+    grid = np.full((207, 314, 3), 255, np.uint8)  # a 2x3 grid of 100 px cells, 7 px white gutters
+    for top in (0, 107):
+        for left in (0, 107, 214):
+            grid[top : top + 100, left : left + 100] = rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)
+    folder = _manifest(tmp_path, [{"image": "six.png", "prompt": "猫", "layout": "auto", "positions": [8, 9]}])
+    Image.fromarray(grid).save(folder / "six.png")
+    result = run_cli("grid", "eval", "default", str(folder), "-o", str(tmp_path / "r.json"))
+    message = "six.png: the manifest lists positions [8, 9], but the grid splits as 2x3 (6 cells)"
+    assert message in result.stderr_text and "not scored (unreadable or mislabelled) 1" in result.stdout_text
+    report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert report["solve_rate"] == 0.0 and report["failure_kinds"]["swapped"] == 0 and message in report["errors"][0]

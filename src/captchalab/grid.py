@@ -114,6 +114,23 @@ def _share(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
+def _solve_record(solver: GridSolver, root: Path, row: dict, rule: str | None) -> tuple[GridAnswer | None, str | None]:
+    """(answer, None) for one manifest record, or (None, what went wrong) when its grid cannot be read or split, or
+    when its positions do not fit the layout the grid turned out to have (a ``layout: auto`` record)."""
+    image = root / row["image"]
+    try:
+        answer = solver.solve(row["prompt"], image=image, layout=row.get("layout", "auto"), rule=rule)
+    except CaptchalabError as exc:
+        return None, str(exc)
+    cells = len(answer.probabilities)
+    if max(row["positions"], default=0) > cells:
+        return None, (
+            f"{image}: the manifest lists positions {row['positions']}, but the grid splits as {answer.layout} "
+            f"({cells} cells); give its layout in the manifest"
+        )
+    return answer, None
+
+
 def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = None, limit: int | None = None) -> dict:
     """Solve rate (every cell right), cell precision/recall/F1, per-prompt table and latency of a bundle."""
     if limit is not None and limit < 1:
@@ -130,10 +147,9 @@ def evaluate(model: str | os.PathLike, grids: str | Path, rule: str | None = Non
     seconds, failures, errors = [], [], []
     for row in track(rows, len(rows), "solving grids"):
         started = time.perf_counter()
-        try:
-            answer = solver.solve(row["prompt"], image=root / row["image"], layout=row.get("layout", "auto"), rule=rule)
-        except CaptchalabError as exc:  # one unreadable or unsplittable grid is a failure, not the end of the eval
-            errors.append(str(exc))
+        answer, error = _solve_record(solver, root, row, rule)
+        if error is not None:  # one unreadable or unsplittable grid is a failure, not the end of the eval
+            errors.append(error)
             fn, ok = fn + len(row["positions"]), False
         else:
             seconds.append(time.perf_counter() - started)
