@@ -227,7 +227,8 @@ def eval_cmd(
     )
     kinds = report["failure_kinds"]
     if any(kinds.values()) or report["errors"]:
-        parts = [f"{kind.replace('_', ' ')} {n}" for kind, n in kinds.items()] + [f"not scored (unreadable or mislabelled) {len(report['errors'])}"]
+        parts = [f"{kind.replace('_', ' ')} {n}" for kind, n in kinds.items()]
+        parts.append(f"not scored (unreadable or mislabelled) {len(report['errors'])}")
         typer.echo("wrong answers: " + ", ".join(parts))
     typer.echo("hardest prompts: " + ", ".join(f"{p} {v['solved']}/{v['grids']}" for p, v in worst))
     if report["per_design"]:
