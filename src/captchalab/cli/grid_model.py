@@ -76,7 +76,7 @@ def _model_fields(model_config: str | None, image_size: int | None) -> dict:
         raise CaptchalabError(
             f"--model-config: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
-    return {**extra, **({"image_size": image_size} if image_size else {})}
+    return {**extra, **({"image_size": image_size} if image_size is not None else {})}
 
 
 @app.command("export")

@@ -25,6 +25,7 @@ import logging
 import math
 import mmap
 import pickle
+import pickletools
 import random
 import re
 import unicodedata
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FORMAT = "captchalab-cnclip"
-_ID = re.compile(r"[0-9]+")
+_ID = re.compile(r"[0-9]{1,18}")  # ids and counts fit in an int64 (longer digit strings are refused)
 _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 _LMDB_FILES = ("data.mdb", "lock.mdb")
 _COMMIT_EVERY = 1000
@@ -179,6 +180,8 @@ def label_folders(root: Path) -> list[tuple[str, list[Path]]]:
         raise CaptchalabError(f"{root}: folder has no <label>/ sub-folders of images")
     found = []
     for folder in folders:
+        if not folder.name.strip():
+            raise CaptchalabError(f"{folder}: label folder name is blank; name each folder after its label")
         files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise CaptchalabError(f"{folder}: label folder has no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -199,7 +202,7 @@ def _scan_jsonl(file: Path) -> list[_Source]:
         if not isinstance(image, str) or not image or not isinstance(text, str) or not text.strip():
             raise CaptchalabError(f'{file}:{number}: needs a non-empty "image" path and a non-empty "text" label')
         path = Path(image) if Path(image).is_absolute() else file.parent / image
-        if not path.is_file():
+        if not _is_file(path):
             raise CaptchalabError(f"{file}:{number}: image {image} not found")
         if path.resolve() in lines:
             raise CaptchalabError(f"{file}:{number}: image {image} is already listed on line {lines[path.resolve()]}")
@@ -208,6 +211,14 @@ def _scan_jsonl(file: Path) -> list[_Source]:
     if not sources:
         raise CaptchalabError(f"{file}: no labelled images listed")
     return sources
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()`` that says False for names the system refuses (too long, NUL bytes, no permission)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _read_images(cells: Path, sources: list[_Source]) -> tuple[list[_Image], list[_Source]]:
@@ -464,7 +475,7 @@ def _numbered_lines(file: Path) -> list[tuple[int, str]]:
 def _json_object(file: Path, number: int, line: str) -> dict:
     try:
         record = json.loads(line)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # also numbers of over 4300 digits and arrays nested too deep
         raise CaptchalabError(f"{file}:{number}: not valid JSON") from None
     if not isinstance(record, dict):
         raise CaptchalabError(f"{file}:{number}: expected a JSON object")
@@ -480,7 +491,9 @@ def _read_tsv(file: Path) -> dict[int, str]:
             raise CaptchalabError(f"{file}:{number}: expected '<image id><TAB><base64 image>'")
         id_text, b64 = parts
         if not _ID.fullmatch(id_text):
-            raise CaptchalabError(f"{file}:{number}: image id {id_text[:20]!r} is not a whole number")
+            raise CaptchalabError(
+                f"{file}:{number}: image id {id_text[:20]!r} is not a whole number of at most 18 digits"
+            )
         image_id = int(id_text)
         if image_id in images:
             raise CaptchalabError(f"{file}:{number}: image id {image_id} appears twice")
@@ -516,6 +529,8 @@ def _read_texts(file: Path, images: dict[int, str], tsv: Path) -> list[_Text]:
             raise CaptchalabError(
                 f'{file}:{number}: needs an integer "text_id", a string "text" and a list of integer "image_ids"'
             )
+        if not text.strip():
+            raise CaptchalabError(f'{file}:{number}: "text" is blank')
         if text_id in seen:
             raise CaptchalabError(f"{file}:{number}: text id {text_id} appears twice")
         missing = [i for i in image_ids if i not in images]
@@ -555,20 +570,47 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
+# The only pickle opcodes a pickled (int, int, str) tuple needs, in any protocol 0-5. Anything else (classes, calls,
+# lists, dicts, bytearrays, persistent ids) is refused before unpickling.
+_PAIR_OPCODES = frozenset(
+    "PROTO FRAME STOP MARK TUPLE TUPLE1 TUPLE2 TUPLE3 EMPTY_TUPLE INT BININT BININT1 BININT2 LONG LONG1 UNICODE "
+    "SHORT_BINUNICODE BINUNICODE BINUNICODE8 MEMOIZE PUT BINPUT LONG_BINPUT GET BINGET LONG_BINGET".split()
+)
+_MAX_MEMO = 64  # a memo index is an array index to the unpickler: a huge one would allocate gigabytes
+
+
+def _plain_pickle(value: bytes) -> bool:
+    """True when ``value`` is one pickle made only of ``_PAIR_OPCODES`` with small memo indices (not executed)."""
+    try:
+        for opcode, arg, _ in pickletools.genops(value):
+            if opcode.name not in _PAIR_OPCODES:
+                return False
+            if opcode.name.endswith(("PUT", "GET")) and not (isinstance(arg, int) and 0 <= arg < _MAX_MEMO):
+                return False
+            if opcode.name == "FRAME" and not (isinstance(arg, int) and arg <= len(value)):
+                return False
+    except Exception:  # noqa: BLE001 - genops raises ValueError and others on malformed data
+        return False
+    return True
+
+
 def _pair(value: bytes | None, path: Path, index: int) -> tuple[int, str]:
-    """(image id, text) of a pickled ``(image_id, text_id, text)`` pair."""
+    """(image id, text) of a pickled ``(image_id, text_id, text)`` pair; hostile pickles are refused unrun."""
     if value is None:
         raise CaptchalabError(f"{path}: pair {index} is missing")
-    try:
-        pair = _PlainUnpickler(io.BytesIO(value)).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError):  # what malformed pickles raise
-        pair = None
+    pair = None
+    if _plain_pickle(bytes(value)):
+        try:
+            pair = _PlainUnpickler(io.BytesIO(value)).load()
+        except Exception:  # noqa: BLE001 - whatever a malformed pickle raises, it is not a pair
+            pair = None
     if not (
         isinstance(pair, tuple)
         and len(pair) == 3
         and _is_int(pair[0])
         and _is_int(pair[1])
         and isinstance(pair[2], str)
+        and 0 <= pair[0] < 10**18
     ):
         raise CaptchalabError(f"{path}: pair {index} is not a pickled (image_id, text_id, text)")
     return pair[0], pair[2]

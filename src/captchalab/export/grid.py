@@ -23,7 +23,7 @@ from captchalab.imaging import ClipPreprocess
 from captchalab.runtime.bundle import FORMAT_VERSION, onnx_session, sha256_file
 from captchalab.runtime.tokenizer import BertTokenizer
 from captchalab.training.grid import load_run
-from captchalab.training.grid_data import CellSet, read_cells, split_exists
+from captchalab.training.grid_data import optional_cells, read_cells
 
 log = logging.getLogger(__name__)
 INT8_MAX_DROP = 0.005  # refuse int8 when it costs more than this share of simulated validation grids
@@ -96,16 +96,31 @@ def _read_aliases(path: str | Path | None) -> tuple[dict[str, list[str]], dict[s
         return {}, {}
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CaptchalabError(f"{path}: cannot read aliases ({exc})") from None
-    entries = data["words"] if isinstance(data, dict) else data
+    except OSError as exc:
+        raise CaptchalabError(f"{path}: cannot read aliases ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8
+        raise CaptchalabError(f"{path}: cannot read aliases (not a JSON file: {exc})") from None
+    entries = data.get("words") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise CaptchalabError(f'{path}: expected {{"words": [...]}} or a JSON list of words')
     aliases: dict[str, list[str]] = {}
     related: dict[str, list[str]] = {}
-    for entry in entries:
-        word = entry.get("word") or entry.get("text")
-        names = entry.get("aliases") or ([entry["en"]] if entry.get("en") else [])
+    for number, entry in enumerate(entries, 1):
+        word = (entry.get("word") or entry.get("text")) if isinstance(entry, dict) else None
+        names = (entry.get("aliases") or ([entry["en"]] if entry.get("en") else [])) if word else None
+        others = entry.get("related", []) if word else None
+        if not (
+            isinstance(word, str)
+            and isinstance(names, list)
+            and isinstance(others, list)
+            and all(isinstance(n, str) for n in names + others)
+        ):
+            raise CaptchalabError(
+                f'{path}: word {number} needs a "word" (or "text") string, and "en" / "aliases" / "related" '
+                "strings or lists of strings"
+            )
         aliases.setdefault(word, []).extend(n for n in names if n)
-        related.setdefault(word, []).extend(entry.get("related", []))
+        related.setdefault(word, []).extend(others)
     return aliases, related
 
 
@@ -125,12 +140,18 @@ def export_grid(
         raise CaptchalabError(f"unknown precision {precision!r}: use fp32, int8 or fp16")
     run, out = Path(run_dir), Path(out_dir)
     check_bundle_destination(out)  # before the export, not after it
+    alias_map, related = _read_aliases(aliases)  # before the work too
     model, state = load_run(run)
-    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    config = _run_config(run)
     dataset = Path(dataset or config["dataset"])
     preprocess = ClipPreprocess.from_dict(state["preprocess"])
-    split = "valid" if split_exists(dataset, "valid") else "train"
-    cells: CellSet = read_cells(dataset, split, preprocess)
+    split, cells = "valid", optional_cells(dataset, "valid", preprocess)
+    if cells is None:
+        split, cells = "train", read_cells(dataset, "train", preprocess)
+    if len(set(cells.texts)) < 2:
+        raise CaptchalabError(
+            f"{dataset}: the {split} split has cells of one text only; calibrating the decision rule needs two or more"
+        )
     images = preprocess.normalize(cells.pixels)
     known = sorted(set(state["texts"]) | set(cells.texts))
     tokenizer = BertTokenizer(run / "vocab.txt", state["context_length"])
@@ -147,7 +168,6 @@ def export_grid(
         parity = {"fp32": _check_parity("fp32", torch_images, onnx_images, torch_texts)}
         vectors = dict(zip(known, onnx_texts, strict=True))
         logit_scale = float(model.logit_scale.exp().clamp(max=100).item())
-        alias_map, related = _read_aliases(aliases)
         decision = calibrate(onnx_images, cells.texts, vectors, logit_scale, related)
         if precision == "int8":
             train = read_cells(dataset, "train", preprocess)
@@ -226,6 +246,22 @@ def export_grid(
     return manifest
 
 
+def _run_config(run: Path) -> dict:
+    """The run's config.json (where its dataset is, how it was trained)."""
+    path = run / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CaptchalabError(f"{path}: missing; not a complete grid training run") from None
+    except OSError as exc:
+        raise CaptchalabError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError):
+        raise CaptchalabError(f"{path}: not valid JSON; not a complete grid training run") from None
+    if not isinstance(config, dict) or not isinstance(config.get("dataset"), str) or "options" not in config:
+        raise CaptchalabError(f"{path}: not the config of a grid training run (no dataset or options)")
+    return config
+
+
 def _solve_rate(decision: dict) -> float:
     return decision["rules"][decision["rule"]]["valid_solve_rate"]
 
@@ -234,5 +270,11 @@ def _report(run: Path) -> dict | None:
     path = run / "report.json"
     if not path.is_file():
         return None
-    report = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        report = None
+    if not isinstance(report, dict):
+        log.warning("%s: unreadable, the manifest goes without the training report", path)
+        return None
     return {k: report[k] for k in ("best", "test") if k in report}

@@ -322,6 +322,10 @@ def load_cn_clip_checkpoint(path: str | Path, config: CnClipConfig | None = None
     ``config=None`` reads the sizes off the tensors (see ``config_from_state_dict``).
     """
     path = Path(path)
+    if not str(path).strip() or path.is_dir():
+        raise CaptchalabError(
+            f"{path}: not a checkpoint file (give the .pt file; load a Hugging Face folder with hf:PATH)"
+        )
     obj = load_torch(path)
     state_dict = _tensor_dict(obj.get("state_dict")) if isinstance(obj, Mapping) else None
     state_dict = state_dict or _tensor_dict(obj)
@@ -393,9 +397,13 @@ def _hf_weight_files(folder: Path) -> list[Path]:
         index = folder / f"{name}.index.json"
         if index.is_file():
             try:
-                shards = json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AttributeError) as error:
+                shards = list(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            except (ValueError, RecursionError, KeyError, TypeError, AttributeError) as error:
                 raise CaptchalabError(f"{index}: not a weight index ({error!r})") from None
+            bad = [s for s in shards if not isinstance(s, str) or not s or Path(s).name != s or s in (".", "..")]
+            if bad or not shards:
+                shown = f"shard {bad[0]!r}" if bad else "no shards"
+                raise CaptchalabError(f"{index}: not a weight index ({shown}; expected file names in {folder})")
             return sorted({folder / shard for shard in shards})
     raise CaptchalabError(f"{folder}: no model.safetensors or pytorch_model.bin (Hugging Face ChineseCLIP folder)")
 
@@ -432,8 +440,13 @@ def load_hf_chinese_clip(folder: str | Path) -> CnClip:
         raise CaptchalabError(f"{config_path}: no such file (expected a Hugging Face ChineseCLIP folder)")
     try:
         hf_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, numbers too long
         raise CaptchalabError(f"{config_path}: not JSON ({error})") from None
+    if not isinstance(hf_config, dict):
+        raise CaptchalabError(f"{config_path}: not a Hugging Face config (expected a JSON object)")
+    for key in ("text_config", "text_config_dict", "vision_config", "vision_config_dict"):
+        if not isinstance(hf_config.get(key) or {}, dict):
+            raise CaptchalabError(f"{config_path}: {key} is not a JSON object")
     if hf_config.get("model_type", "chinese_clip") != "chinese_clip":
         raise CaptchalabError(f"{config_path}: model_type is {hf_config['model_type']!r}, not 'chinese_clip'")
     # older configs also carry *_config_dict, whose values win (as in transformers' ChineseCLIPConfig)
@@ -449,6 +462,10 @@ def load_hf_chinese_clip(folder: str | Path) -> CnClip:
     for (tower, name), (value, wanted) in required.items():
         if value != wanted:
             raise CaptchalabError(f"{config_path}: {tower} {name} is {value!r}; only {wanted!r} is supported")
+    heads = {"vision": vision_cfg.get("num_attention_heads", 12), "text": text_cfg.get("num_attention_heads", 12)}
+    for tower, value in heads.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CaptchalabError(f"{config_path}: {tower} num_attention_heads is {value!r}, not a whole number >= 1")
     weights: dict[str, torch.Tensor] = {}
     for file in _hf_weight_files(folder):
         weights.update(_read_weight_file(file))
@@ -457,6 +474,6 @@ def load_hf_chinese_clip(folder: str | Path) -> CnClip:
         state_dict,
         None,
         folder,
-        vision_heads=vision_cfg.get("num_attention_heads", 12),
-        text_heads=text_cfg.get("num_attention_heads", 12),
+        vision_heads=heads["vision"],
+        text_heads=heads["text"],
     )

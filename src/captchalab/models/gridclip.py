@@ -34,6 +34,18 @@ class GridClipConfig:
     text_layers: int = 2
     text_heads: int = 4
 
+    def __post_init__(self) -> None:
+        """Refuse sizes no model can have (ValueError naming the field), before any tensor is allocated."""
+        limits = {"vocab_size": (1, 1_000_000), "image_size": (8, 1024), "trunk_blocks": (1, 16),
+                  "embed_dim": (1, 4096), "context_length": (3, 512), "text_width": (1, 4096),
+                  "text_layers": (1, 64), "text_heads": (1, 256)}  # fmt: skip
+        for name, (low, high) in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} must be a whole number from {low} to {high}, not {value!r}")
+        if self.text_width % self.text_heads:
+            raise ValueError(f"text_width {self.text_width} is not a multiple of text_heads {self.text_heads}")
+
     def to_dict(self) -> dict[str, Any]:
         return {"arch": "gridclip", **asdict(self)}
 

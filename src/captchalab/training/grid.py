@@ -21,6 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from captchalab.errors import CaptchalabError
+from captchalab.folders import make_folder
 from captchalab.imaging import ClipPreprocess
 from captchalab.models.clip import build_clip, clip_preprocess, context_length, describe_clip, vocab_size
 from captchalab.models.gridclip import GridClip, GridClipConfig
@@ -28,11 +29,19 @@ from captchalab.progress import track
 from captchalab.runtime.tokenizer import BertTokenizer, build_char_vocab, write_vocab
 from captchalab.training import distributed
 from captchalab.training.checkpoint import load_torch, save_torch, write_csv, write_json
-from captchalab.training.grid_data import CellSet, read_cells, split_exists, split_texts, to_model_input
+from captchalab.training.grid_data import (
+    CellSet,
+    optional_cells,
+    read_cells,
+    split_exists,
+    split_texts,
+    to_model_input,
+)
 from captchalab.training.plots import plot_curves
 
 log = logging.getLogger(__name__)
 ALL_TEXTS_LIMIT = 1024
+MAX_CONTEXT_LENGTH = 512  # BERT's position limit; a captcha word needs far fewer tokens
 
 
 @dataclass
@@ -56,6 +65,32 @@ class GridTrainOptions:
     vocab: str | None = None  # vocab.txt for cn-clip inits (Chinese-CLIP's vocab does not ship offline)
     max_minutes: float | None = None
     model: dict = field(default_factory=dict)  # gridclip config fields for new models (image_size, ...)
+
+
+def check_options(opts: GridTrainOptions) -> None:
+    """Refuse option values that make no sense (one line naming the option), before any data is read."""
+    if opts.epochs < 1 or opts.batch_size < 2 or opts.accum < 1:
+        raise CaptchalabError("--epochs and --accum must be >= 1 and --batch-size >= 2")
+    if not (math.isfinite(opts.lr) and opts.lr > 0):
+        raise CaptchalabError(f"--lr {opts.lr}: the learning rate must be a finite number > 0")
+    if not (math.isfinite(opts.wd) and opts.wd >= 0):
+        raise CaptchalabError(f"--wd {opts.wd}: the weight decay must be a finite number >= 0")
+    for name in ("warmup", "save_every", "valid_every"):
+        if getattr(opts, name) < 0:
+            raise CaptchalabError(f"--{name.replace('_', '-')} {getattr(opts, name)}: must be >= 0")
+    if opts.max_minutes is not None and not (math.isfinite(opts.max_minutes) and opts.max_minutes > 0):
+        raise CaptchalabError(f"--max-minutes {opts.max_minutes}: must be a finite number > 0")
+    if not 0 <= opts.seed < 2**32:
+        raise CaptchalabError(f"--seed {opts.seed}: must be from 0 to {2**32 - 1}")
+    if opts.context_length is not None and not 3 <= opts.context_length <= MAX_CONTEXT_LENGTH:
+        raise CaptchalabError(
+            f"--context-length {opts.context_length}: must be from 3 ([CLS] + one token + [SEP]) to "
+            f"{MAX_CONTEXT_LENGTH}"
+        )
+    try:
+        GridClipConfig(**{"vocab_size": 1, **opts.model})
+    except (TypeError, ValueError) as exc:
+        raise CaptchalabError(f"bad model settings (--model-config / --image-size): {exc}") from None
 
 
 @dataclass
@@ -83,6 +118,27 @@ def _read_vocab(path: Path) -> list[str]:
 
 
 def _init_model(opts: GridTrainOptions, texts: list[str]) -> _Model:
+    model = _load_init(opts, texts)
+    length = opts.context_length
+    if length is None:
+        return model
+    positions = _max_positions(model.net)
+    if positions is not None and length > positions:
+        raise CaptchalabError(
+            f"--context-length {length}: the --init model's text tower has only {positions} positions"
+        )
+    return replace(model, context_length=length)
+
+
+def _max_positions(net: torch.nn.Module) -> int | None:
+    """How many token positions the text tower has (None when unknown)."""
+    if isinstance(net, GridClip):
+        return int(net.text.position.shape[0])
+    text = getattr(getattr(net, "config", None), "text", None)
+    return getattr(text, "max_position_embeddings", None)
+
+
+def _load_init(opts: GridTrainOptions, texts: list[str]) -> _Model:
     init = opts.init
     if init in ("imagenet", "scratch"):
         return _new_model(opts, texts)
@@ -130,40 +186,60 @@ def _with_image_size(model: _Model, opts: GridTrainOptions) -> _Model:
 
 def _from_bundle(bundle_dir: Path) -> _Model:
     """The torch weights a grid bundle carries for further fine-tuning (``weights.safetensors`` + manifest)."""
-    import json
-
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    manifest_file = bundle_dir / "manifest.json"
-    if not manifest_file.is_file():
+    from captchalab.runtime.bundle import load_bundle, reading_manifest
+
+    if not (bundle_dir / "manifest.json").is_file():
         raise CaptchalabError(f"{bundle_dir}: no grid bundle here (no manifest.json); train with --init imagenet")
-    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-    torch_info = manifest.get("torch")
-    if not torch_info or not (bundle_dir / torch_info["weights"]).is_file():
-        raise CaptchalabError(f"{bundle_dir}: the bundle carries no torch weights to fine-tune from")
-    net = build_clip(torch_info["kind"], torch_info["config"])
-    state = {k: v.float() for k, v in load_file(str(bundle_dir / torch_info["weights"])).items()}
-    net.load_state_dict(state)
-    vocab = _read_vocab(bundle_dir / manifest["files"]["vocab"])
-    return _Model(net, vocab, clip_preprocess(net), manifest["text"]["context_length"])
+    bundle = load_bundle(bundle_dir, "grid")  # checks the manifest is a grid bundle's, one clear line if not
+    with reading_manifest(bundle):
+        torch_info = bundle.manifest.get("torch")
+        if not torch_info or not (bundle_dir / torch_info["weights"]).is_file():
+            raise CaptchalabError(f"{bundle_dir}: the bundle carries no torch weights to fine-tune from")
+        kind, config, weights = torch_info["kind"], torch_info["config"], bundle_dir / torch_info["weights"]
+        vocab_file, length = (
+            bundle_dir / bundle.manifest["files"]["vocab"],
+            int(bundle.manifest["text"]["context_length"]),
+        )
+        net = build_clip(kind, config)
+    try:
+        net.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()})
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CaptchalabError(f"{weights}: not the weights of the bundle's model ({reason})") from None
+    return _Model(net, _read_vocab(vocab_file), clip_preprocess(net), length)
 
 
-def _from_checkpoint(state: dict) -> _Model:
-    net = build_clip(state["kind"], state["config"])
-    net.load_state_dict(state["state_dict"])
-    return _Model(net, state["vocab"], ClipPreprocess.from_dict(state["preprocess"]), state["context_length"])
+_CHECKPOINT_KEYS = ("kind", "config", "state_dict", "vocab", "preprocess", "context_length")
 
 
-def _resume_state(resume: str) -> dict:
+def _from_checkpoint(state: dict, path: Path) -> _Model:
+    """The model of one of our checkpoints; a malformed one is one error naming ``path``."""
+    if not isinstance(state, dict) or any(key not in state for key in _CHECKPOINT_KEYS):
+        raise CaptchalabError(f"{path}: not a checkpoint of 'captchalab grid train'")
+    try:
+        net = build_clip(state["kind"], state["config"])
+        net.load_state_dict(state["state_dict"])
+        preprocess = ClipPreprocess.from_dict(state["preprocess"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CaptchalabError(f"{path}: malformed grid checkpoint ({reason})") from None
+    return _Model(net, list(state["vocab"]), preprocess, int(state["context_length"]))
+
+
+def _resume_state(resume: str) -> tuple[dict, Path]:
+    """(checkpoint, its path) of ``--resume`` (a run folder or a .pt file)."""
     path = Path(resume)
     path = path / "last.pt" if path.is_dir() else path
     if not path.is_file():
         raise CaptchalabError(f"{path}: no checkpoint to resume from")
     state = load_torch(path)
-    needed = ("kind", "config", "state_dict", "vocab", "preprocess", "context_length", "optimizer", "step")
+    needed = (*_CHECKPOINT_KEYS, "optimizer", "step")
     if not isinstance(state, dict) or any(key not in state for key in needed):
         raise CaptchalabError(f"{path}: not a checkpoint of 'captchalab grid train'; cannot resume from it")
-    return state
+    return state, path
 
 
 def _check_run_folder(run: Path, resume: str | None) -> None:
@@ -231,24 +307,32 @@ def retrieval_metrics(
 def train_grid(dataset: str | Path, run: str | Path, opts: GridTrainOptions, command: str = "") -> dict:
     """Train; returns the report (also written to RUN/report.json)."""
     dataset, run = Path(dataset), Path(run)
+    check_options(opts)
     ctx = distributed.setup(opts.device)
     torch.manual_seed(opts.seed)
     _check_run_folder(run, opts.resume)
-    state = _resume_state(opts.resume) if opts.resume else None
+    state, state_path = _resume_state(opts.resume) if opts.resume else (None, None)
     if state is not None:
-        model = _from_checkpoint(state)
+        model = _from_checkpoint(state, state_path)
     elif opts.init in ("imagenet", "scratch"):
         texts = split_texts(dataset, "train")
-        extra = split_texts(dataset, "valid") if split_exists(dataset, "valid") else []
+        extra = split_texts(dataset, "valid", allow_empty=True) if split_exists(dataset, "valid") else []
         model = _init_model(opts, texts + extra)
     else:
         model = _init_model(opts, [])
     preprocess = model.preprocess
     train = read_cells(dataset, "train", preprocess)
-    valid = read_cells(dataset, "valid", preprocess) if split_exists(dataset, "valid") else None
+    if len(set(train.texts)) < 2:
+        raise CaptchalabError(
+            f"{dataset}: the train split has only one text ({train.texts[0]!r}); contrastive training needs at "
+            "least two different texts"
+        )
+    valid = optional_cells(dataset, "valid", preprocess)
     if valid is None:
         log.warning("%s: no valid split, the best checkpoint is chosen on the training split", dataset)
-    run.mkdir(parents=True, exist_ok=True)
+    # read (and checked) now, not after the training: a bad test split must not cost the run
+    test = optional_cells(dataset, "test", preprocess) if ctx.is_main else None
+    make_folder(run, "run folder", hint="; pick another --out")  # before the long work
     write_vocab(model.vocab, run / "vocab.txt")
     tokenizer = BertTokenizer(run / "vocab.txt", model.context_length)
     _warn_unknown(tokenizer, sorted(set(train.texts)))
@@ -372,7 +456,7 @@ def train_grid(dataset: str | Path, run: str | Path, opts: GridTrainOptions, com
             running, seen = 0.0, 0
         if ctx.is_main:
             save_torch(checkpoint(), run / "last.pt")
-    return _finish(run, dataset, net, model, candidates, best, history, config_record, ctx)
+    return _finish(run, test, net, model, candidates, best, history, config_record, ctx)
 
 
 def _previous_commands(run: Path) -> list[str]:
@@ -417,14 +501,13 @@ def _write_logs(run: Path, history: list[dict]) -> None:
     plot_curves(history, run / "curves.png", ("i2t_accuracy", "i2t_recall@5", "t2i_recall@1"), "validation")
 
 
-def _finish(run: Path, dataset: Path, net, model: _Model, candidates, best, history, config_record, ctx) -> dict:  # noqa: ANN001
+def _finish(run: Path, test: CellSet | None, net, model: _Model, candidates, best, history, config_record, ctx) -> dict:  # noqa: ANN001
     """Restore the best weights, evaluate the test split when there is one, write report.json."""
     best_file = run / "best.pt"
     if best_file.is_file():
         net.load_state_dict(load_torch(best_file)["state_dict"])
     report = {"best": best, "epochs_logged": len(history), "config": config_record}
-    if split_exists(dataset, "test") and ctx.is_main:
-        test = read_cells(dataset, "test", model.preprocess)
+    if test is not None and ctx.is_main:
         tokenizer = BertTokenizer(run / "vocab.txt", model.context_length)
         names = sorted(set(candidates) | set(test.texts))
         ids = torch.from_numpy(tokenizer.encode(names)).to(ctx.device)
@@ -444,4 +527,11 @@ def load_run(run: str | Path, which: str = "best") -> tuple[torch.nn.Module, dic
     if not path.is_file():
         raise CaptchalabError(f"{run}: not a grid training run (no {which}.pt)")
     state = load_torch(path)
-    return _from_checkpoint(state).net.eval(), state
+    model = _from_checkpoint(state, path)
+    if not isinstance(state.get("texts"), list) or not _is_int(state.get("step")):
+        raise CaptchalabError(f"{path}: not a checkpoint of 'captchalab grid train' (no texts or step)")
+    return model.net.eval(), state
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -31,10 +31,11 @@ class CellSet:
 
 
 def split_exists(dataset: Path, split: str) -> bool:
+    """Whether the split's files are there (it may still hold no pairs: ``optional_cells`` tells)."""
     return (dataset / f"{split}_imgs.tsv").is_file() or (dataset / "lmdb" / split / "pairs").is_dir()
 
 
-def _raw_cells(dataset: str | Path, split: str) -> list:
+def _raw_cells(dataset: str | Path, split: str, allow_empty: bool = False) -> list:
     folder = Path(dataset)
     if not folder.is_dir():
         raise CaptchalabError(f"{folder}: no such dataset folder")
@@ -44,14 +45,14 @@ def _raw_cells(dataset: str | Path, split: str) -> list:
         cells = read_lmdb_split(folder / "lmdb" / split)
     else:
         raise CaptchalabError(f"{folder}: no {split} split ({split}_imgs.tsv or lmdb/{split}/)")
-    if not cells:
+    if not cells and not allow_empty:
         raise CaptchalabError(f"{folder}: the {split} split has no image-text pairs")
     return cells
 
 
-def split_texts(dataset: str | Path, split: str) -> list[str]:
+def split_texts(dataset: str | Path, split: str, allow_empty: bool = False) -> list[str]:
     """The text of every pair of a split, images not decoded."""
-    return [cell.text for cell in _raw_cells(dataset, split)]
+    return [cell.text for cell in _raw_cells(dataset, split, allow_empty)]
 
 
 def read_cells(dataset: str | Path, split: str, preprocess: ClipPreprocess) -> CellSet:
@@ -59,8 +60,22 @@ def read_cells(dataset: str | Path, split: str, preprocess: ClipPreprocess) -> C
 
     Unreadable images are skipped with one warning that lists them.
     """
+    return _decode(Path(dataset), split, _raw_cells(dataset, split), preprocess)
+
+
+def optional_cells(dataset: str | Path, split: str, preprocess: ClipPreprocess) -> CellSet | None:
+    """A split that may be missing, or empty as ``grid dataset build`` writes a split of ratio 0: None then."""
     folder = Path(dataset)
-    cells = _raw_cells(folder, split)
+    if not split_exists(folder, split):
+        return None
+    cells = _raw_cells(folder, split, allow_empty=True)
+    if not cells:
+        log.info("%s: the %s split is empty, used as if absent", folder, split)
+        return None
+    return _decode(folder, split, cells, preprocess)
+
+
+def _decode(folder: Path, split: str, cells: list, preprocess: ClipPreprocess) -> CellSet:
     pixels, texts, bad = [], [], []
     for cell in track(cells, len(cells), f"decoding {split}"):
         try:
