@@ -50,7 +50,8 @@ def load_torch(path: Path, map_location: str = "cpu") -> Any:
             raise CaptchalabError(f"{path}: holds Python objects besides tensors; refusing to unpickle it") from None
         raise CaptchalabError(f"{path}: not a PyTorch checkpoint ({error})") from None
     except Exception as error:  # torch.load raises KeyError, EOFError, RuntimeError, ... on arbitrary bytes
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        reason = detail if isinstance(error, RuntimeError) and detail else f"{type(error).__name__} {detail}".strip()
         raise CaptchalabError(f"{path}: not a PyTorch checkpoint ({reason})") from None
 
 
