@@ -127,10 +127,10 @@ def evaluate(
         if images:
             predictions += [r.text for r in reader.read_batch(images)]
             labels += chunk_labels
+    if not labels:  # one line: the first problem tells what is wrong with all of them, more often than not
+        raise CaptchalabError(f"{data}: none of the {len(items)} images could be read; first problem: {skipped[0]}")
     if skipped:
         log.warning("skipped %d unreadable images: %s", len(skipped), "; ".join(skipped[:20]))
-    if not labels:
-        raise CaptchalabError(f"{data}: none of the images could be read")
     report = ocr_report(predictions, labels, compare_case)
     report.update({"model": str(model), "data": str(data), "skipped_images": skipped,
                    "refiner": getattr(reader, "refiner", None) is not None})  # fmt: skip

@@ -105,7 +105,7 @@ def train(
         seed=seed,
         ratios=parse_ratios(split),
         case_sensitive=not case_insensitive,
-        charset=parse_charset_spec(charset) if charset else None,
+        charset=parse_charset_spec(charset) if charset is not None else None,
         height=height,
         width=width,
         channels=None if gray is None else (1 if gray else 3),

@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 from captchalab.data.labels import LabelledImage
 from captchalab.errors import CaptchalabError
 from captchalab.imaging import Preprocess, load_image
+from captchalab.parallel import pool_map
 from captchalab.progress import track
 
 log = logging.getLogger(__name__)
@@ -68,14 +68,19 @@ def build_cache(
     )
     kept: list[int] = []
     skipped: list[str] = []
-    with ProcessPoolExecutor(workers) as pool:
-        results = pool.map(_load_one, jobs, chunksize=256)
+    results = pool_map(_load_one, jobs, workers, chunksize=256)
+    try:
         for index, result in enumerate(track(results, len(jobs), f"caching {name}")):
             if isinstance(result, str):
                 skipped.append(result)
             else:
                 out[len(kept)] = result
                 kept.append(index)
+    except BaseException:  # Ctrl-C: no half-written cache left behind
+        results.close()  # stops the workers now, not at exit
+        del out
+        Path(str(array_path) + ".tmp.npy").unlink(missing_ok=True)
+        raise
     out.flush()
     del out
     if not kept:

@@ -24,6 +24,8 @@ def parse_charset_spec(spec: str) -> str:
     if not spec:
         raise CaptchalabError("charset spec is empty (try 'alnum', 'lower+digits' or literal characters)")
     chars = "".join(PRESETS.get(part, part) for part in spec.split("+"))
+    if not chars:
+        raise CaptchalabError(f"charset spec {spec!r} names no characters (try 'alnum', 'lower+digits' or literals)")
     return "".join(dict.fromkeys(chars))
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +22,13 @@ from captchalab.data.charset import parse_charset_spec
 from captchalab.data.fonts import cjk_fonts, latin_fonts
 from captchalab.errors import CaptchalabError
 from captchalab.folders import make_folder
+from captchalab.parallel import pool_map
 from captchalab.progress import track
 
 log = logging.getLogger(__name__)
 
 STYLES = ("captcha", "builtin", "mixed")
+MAX_LABEL_BYTES = 200  # a file name holds 255 bytes: room for the index, '-' and '.png'
 # a path separator, or '-' (the label is what follows the last '-' of the name), or a control character
 _NOT_IN_FILE_NAMES = "/\\-" + "".join(map(chr, range(32))) + "\x7f"
 
@@ -52,11 +54,19 @@ class GenerateConfig:
             raise CaptchalabError(f"image size {self.width}x{self.height} is too small (16x16 at least)")
         if not 0.0 <= self.favour_rate <= 1.0:
             raise CaptchalabError(f"--favour rate must be between 0 and 1, got {self.favour_rate}")
-        unsafe = sorted(set(self.charset) & set(_NOT_IN_FILE_NAMES))
+        if not self.charset:
+            raise CaptchalabError("--charset is empty: give the characters to draw labels from")
+        unsafe = sorted(c for c in set(self.charset) if c in _NOT_IN_FILE_NAMES or c.isspace())
         if unsafe:
             raise CaptchalabError(
                 f"--charset holds {''.join(unsafe)!r}: labels go in file names NNNNN-<label>.png, which cannot "
-                "hold '/', '\\', '-' or control characters"
+                "hold '/', '\\', '-', spaces or control characters"
+            )
+        longest = self.max_length * max(len(c.encode("utf-8")) for c in self.charset)
+        if longest > MAX_LABEL_BYTES:
+            raise CaptchalabError(
+                f"--length {self.max_length}: labels go in file names, which hold at most 255 bytes; "
+                f"use at most {MAX_LABEL_BYTES // (longest // self.max_length)} characters with this charset"
             )
         if self.favour_rate and not set(self.favour) & set(self.charset):
             raise CaptchalabError(f"--favour {self.favour!r}: none of these characters is in the charset")
@@ -65,8 +75,8 @@ class GenerateConfig:
 def parse_length(text: str) -> tuple[int, int]:
     """``'4'`` -> (4, 4); ``'4-6'`` -> (4, 6)."""
     try:
-        low, _, high = text.partition("-")
-        return int(low), int(high or low)
+        low, dash, high = text.partition("-")
+        return int(low), int(high if dash else low)
     except ValueError:
         raise CaptchalabError(f"bad --length {text!r}: use a number such as 4 or a range such as 4-6") from None
 
@@ -268,7 +278,13 @@ def _write_one(job: tuple[int, str, int]) -> str:
     assert _worker_generator is not None
     text, image = _worker_generator.sample(index)
     name = f"{index:0{digits}d}-{text}.png"
-    image.save(Path(out_dir) / name)
+    target = Path(out_dir) / name
+    partial = target.with_name(f".{name}.part")
+    try:  # renamed when complete: Ctrl-C or a full disk never leaves a truncated captcha behind
+        image.save(partial, format="PNG")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
     return name
 
 
@@ -281,14 +297,14 @@ def generate(out_dir: str | Path, count: int, config: GenerateConfig, workers: i
     out = make_folder(Path(out_dir))
     digits = max(5, len(str(start + count - 1)))
     _refuse_other_runs(out, config, range(start, start + count), digits)
-    jobs = [(i, str(out), digits) for i in range(start, start + count)]
+    jobs = ((i, str(out), digits) for i in range(start, start + count))  # made as they are needed: --count may be huge
     try:
         if workers == 1:
             _init_worker(config)
-            names = [_write_one(j) for j in track(jobs, len(jobs), "generating")]
+            names = [_write_one(j) for j in track(jobs, count, "generating")]
         else:
-            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(config,)) as pool:
-                names = list(track(pool.map(_write_one, jobs, chunksize=64), len(jobs), "generating"))
+            results = pool_map(_write_one, jobs, workers, initializer=_init_worker, initargs=(config,))
+            names = list(track(results, count, "generating"))
     except OSError as exc:  # a read-only folder, a full disk
         raise CaptchalabError(f"{exc.filename or out}: cannot write ({exc.strerror or exc})") from None
     log.debug("wrote %d captchas to %s", len(names), out)

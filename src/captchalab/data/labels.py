@@ -92,6 +92,11 @@ class _Listing:
     def add(self, number: int, path: str, label: str) -> None:
         if "\0" in path:
             raise CaptchalabError(f"{self.file}:{number}: the image path holds a NUL character")
+        if label != label.strip():
+            raise CaptchalabError(
+                f"{self.file}:{number}: label {label!r} starts or ends with a space; a model would learn it as a "
+                "character (remove it)"
+            )
         item = _item(self.file, path, label)
         if item.key in self._first_line:
             raise CaptchalabError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import warnings
@@ -28,13 +29,48 @@ INT8_MAX_DROP = 0.005
 
 
 def _split_images(run: Path, config: dict, split: str) -> tuple[np.ndarray, list[str]]:
-    """The run's cached (N, H, W, C) images and labels for ``split`` (rebuilt if the cache was deleted)."""
+    """The run's cached (N, H, W, C) images and labels for ``split`` (rebuilt if the cache was deleted; when the
+    data is gone, the cache the training left is used as it is)."""
     keys = read_split(run / "split.json")[split]
-    items = {i.key: i for i in read_labelled_images(config["data"], config["case_sensitive"])}
-    cached = build_cache(
-        [items[k] for k in keys if k in items], Preprocess.from_dict(config["preprocess"]), run / "cache", split
-    )
+    preprocess = Preprocess.from_dict(config["preprocess"])
+    data = _run_data(run, config)
+    if data is None:
+        return _left_cache(run, config, split, keys, preprocess)
+    items = {i.key: i for i in read_labelled_images(data, config["case_sensitive"])}
+    cached = build_cache([items[k] for k in keys if k in items], preprocess, run / "cache", split)
     return cached.images, cached.labels  # memory-mapped: callers read only the rows they use
+
+
+def _run_data(run: Path, config: dict) -> Path | None:
+    """Where the run's data is now: as its best checkpoint records it, or as config.json does after a resume on
+    moved data; None when neither is there."""
+    places = [config.get("data")]
+    try:
+        places.append(json.loads((run / "config.json").read_text(encoding="utf-8")).get("data"))
+    except (OSError, ValueError, AttributeError):
+        pass
+    return next((Path(p) for p in places if isinstance(p, str) and Path(p).exists()), None)
+
+
+def _left_cache(
+    run: Path, config: dict, split: str, keys: list[str], preprocess: Preprocess
+) -> tuple[np.ndarray, list[str]]:
+    """The newest cache of ``split`` in RUN/cache that holds only images of the split, at the run's input size."""
+    wanted = set(keys)
+    shape = (preprocess.height, preprocess.width, preprocess.channels)
+    for meta_file in sorted((run / "cache").glob(f"{split}-*.json"), key=lambda f: f.stat().st_mtime, reverse=True):
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            images = np.load(meta_file.with_suffix(".npy"), mmap_mode="r")
+        except (OSError, ValueError):
+            continue
+        if set(meta.get("keys", [])) <= wanted and images.shape[1:] == shape and len(images) == len(meta["labels"]):
+            labels = meta["labels"] if config["case_sensitive"] else [label.lower() for label in meta["labels"]]
+            return images, labels
+    raise CaptchalabError(
+        f"{config.get('data')}: the data of {run} is no longer there and {run / 'cache'} holds no {split} images; "
+        "put the data back to export"
+    )
 
 
 def _onnx_predict(model_file: Path, batch: np.ndarray, config: dict) -> tuple[np.ndarray, list[str]]:

@@ -188,7 +188,7 @@ class OutputSpace:
             charset = None
         elif charset == ANY:
             charset = None
-        allowed = allowed_chars(charset, model_chars) if charset else None
+        allowed = allowed_chars(charset, model_chars) if charset is not None else None
         if len(alphabets) < 2:  # nothing to choose between
             alphabets = {}
         return cls(model_chars, allowed, fold, model_case_sensitive and case_sensitive, tuple(alphabets),

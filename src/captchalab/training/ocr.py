@@ -233,7 +233,7 @@ def train_ocr(
     if resume:
         saved = _read_run_config(run)
         opts = _saved_options(run, saved, budget or {})
-        data = saved["data"]
+        data = _data_to_resume(run, Path(saved["data"]), Path(data))
         commands = [*saved.get("commands", []), command]
     elif (run / "last.pt").exists():
         raise CaptchalabError(f"{run}: already holds a training run; pass --resume to continue it or pick a new --out")
@@ -376,6 +376,23 @@ def _read_run_config(run: Path) -> dict:
     return saved
 
 
+def _data_to_resume(run: Path, recorded: Path, given: Path) -> Path:
+    """The data a run resumes on: the one it was started on, or ``given`` when that has moved away (split.json then
+    checks that it holds the same images). CaptchalabError when ``given`` is other data, or when neither exists."""
+    if recorded.exists():
+        if given.resolve() != recorded.resolve():
+            raise CaptchalabError(
+                f"{given}: {run} was trained on {recorded}; resume it on that data (or start a new run)"
+            )
+        return recorded
+    if not given.exists() or given.resolve() == recorded.resolve():
+        raise CaptchalabError(
+            f"{recorded}: the data of {run} is no longer there; give its new place as DATA to resume on it"
+        )
+    log.info("resuming %s on %s (it was trained on %s, which is gone)", run, given, recorded)
+    return given
+
+
 def _saved_options(run: Path, saved: dict, budget: dict) -> OcrTrainOptions:
     """The options a run was started with, with ``budget`` (epochs, patience, minutes) applied."""
     try:
@@ -397,10 +414,34 @@ def load_run_model(run: Path) -> tuple[torch.nn.Module, dict]:
     if not best.is_file():
         raise CaptchalabError(f"{run}: no best.pt; is this a finished (or at least one epoch old) training run?")
     state = load_torch(best)
-    config = state["config"]
-    model = create_ocr_model(config["arch"], **config["model"])
-    model.load_state_dict(state["model"])
+    try:
+        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+            raise ValueError("no run config in it")
+        config = state["config"]
+        _check_run_config(config)
+        model = create_ocr_model(config["arch"], **config["model"])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        reason = f"no {exc} entry" if isinstance(exc, KeyError) else str(exc).strip()[:200] or type(exc).__name__
+        raise CaptchalabError(f"{best}: not a captchalab OCR checkpoint ({reason})") from None
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, AttributeError, RuntimeError):
+        raise CaptchalabError(f"{best}: damaged OCR checkpoint (its weights do not fit the model it names)") from None
     return model.eval(), config
+
+
+def _check_run_config(config: dict) -> None:
+    """ValueError when a checkpoint's run config is not one a reader or an export can use (another kind of run)."""
+    if config.get("arch") not in OCR_ARCHS:
+        raise ValueError(f"arch {config.get('arch')!r} is not one of {', '.join(OCR_ARCHS)}")
+    if config.get("decoder") != OCR_ARCHS[config["arch"]][2]:
+        raise ValueError(f"decoder {config.get('decoder')!r} does not fit arch {config['arch']!r}")
+    chars = config["charset"]
+    if not isinstance(chars, str) or not chars or len(set(chars)) != len(chars):
+        raise ValueError(f"charset {chars!r} is not a string of distinct characters")
+    if not isinstance(config["model"], dict) or config["model"].get("n_classes") != len(chars):
+        raise ValueError(f"the model's classes do not fit the charset {chars!r}")
+    Preprocess.from_dict(config["preprocess"])
 
 
 def _train_epoch(
