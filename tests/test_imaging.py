@@ -62,6 +62,23 @@ def test_missing_file(tmp_path):
         load_image(tmp_path / "nope.png")
 
 
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: (d / "x.png").symlink_to(d / "gone.png"), "x.png: broken symbolic link"),
+        (
+            lambda d: ((d / "x.png").symlink_to(d / "y.png"), (d / "y.png").symlink_to(d / "x.png")),
+            "symbolic link loop",
+        ),
+        (lambda d: (d / "x.png").mkdir(), "x.png: is a folder, not an image file"),
+    ],
+)
+def test_paths_that_are_no_file_say_why(tmp_path, make, message):
+    make(tmp_path)
+    with pytest.raises(CaptchalabError, match=message):
+        load_image(tmp_path / "x.png")
+
+
 def test_decompression_bomb_refused_before_decoding(tmp_path):
     path = tmp_path / "bomb.png"
     path.write_bytes(_huge_png_header(100_000, 100_000))

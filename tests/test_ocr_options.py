@@ -233,3 +233,15 @@ def test_help_shows_flags_without_a_type() -> None:
     text = result.stdout_text
     assert "--json" in text and "<str>" in text  # options that take a value keep their type
     assert "<bool>" not in text
+
+
+def test_export_never_deletes_the_users_files_in_an_earlier_bundle(tiny_bundle: Path, tiny_run: Path, tmp_path: Path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / "notes.txt").write_text("my notes", encoding="utf-8")
+    result = run_cli("ocr", "export", str(tiny_run), "--out", str(bundle), check=False)
+    assert result.returncode == 2 and "also holds notes.txt, which replacing it would delete" in result.stderr_text
+    assert (bundle / "notes.txt").read_text(encoding="utf-8") == "my notes"
+    (bundle / "notes.txt").unlink()
+    run_cli("ocr", "export", str(tiny_run), "--out", str(bundle))  # an earlier bundle of only our files: replaced
+    assert (bundle / "manifest.json").is_file()

@@ -4,6 +4,7 @@ training (cache) and runtime (onnxruntime). Never imports torch: one implementat
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
@@ -22,6 +23,20 @@ MAX_PIXELS = 25_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
+
+
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` is not a readable file, in a few words."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13
+            return "symbolic link loop"
+        except OSError as exc:
+            return "symbolic link loop" if exc.errno == errno.ELOOP else "broken symbolic link"
+    if path.is_dir():
+        return "is a folder, not an image file"
+    return "no such file" if not path.exists() else "not a regular file"
 
 
 def load_image(source: ImageInput, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -44,7 +59,7 @@ def load_image(source: ImageInput, name: str | None = None, max_pixels: int = MA
     elif isinstance(source, (str, os.PathLike)):
         label, path = name or str(source), Path(source)
         if not path.is_file():
-            raise CaptchalabError(f"{label}: no such file")
+            raise CaptchalabError(f"{label}: {_not_a_file(path)}")
         if path.stat().st_size == 0:
             raise CaptchalabError(f"{label}: file is empty (0 bytes), not an image")
         try:

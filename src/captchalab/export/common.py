@@ -29,10 +29,30 @@ def quantize_int8(fp32: Path, out: Path, input_name: str, calibration: np.ndarra
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
 
 
+# Every file an export, refine or calibrate writes into a bundle: an earlier bundle holding anything else holds the
+# user's own files, which replacing the bundle would delete.
+BUNDLE_FILES = frozenset(
+    (MANIFEST, "model.onnx", "model.fp32.onnx", "refiner.onnx", "image.onnx", "text.onnx", "vocab.txt",
+     "pictures.npz", "weights.safetensors")
+)  # fmt: skip
+
+
 def check_bundle_destination(out: Path) -> None:
-    """Before any work: ``out`` must be new or an earlier bundle (``install_bundle`` replaces only those)."""
-    if out.exists() and not (out / MANIFEST).is_file():
+    """Before any work: ``out`` must be new or an earlier bundle of only our files (``install_bundle`` replaces
+    only those)."""
+    if not out.exists():
+        return
+    if not (out / MANIFEST).is_file():
         raise CaptchalabError(f"{out}: exists and is not a bundle; refusing to overwrite it")
+    try:
+        foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in BUNDLE_FILES)
+    except OSError as exc:
+        raise CaptchalabError(f"{out}: cannot list the earlier bundle ({exc.strerror or exc})") from None
+    if foreign:
+        raise CaptchalabError(
+            f"{out}: the earlier bundle also holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
+            "which replacing it would delete; move them or pick another --out"
+        )
 
 
 def make_work_folder(out: Path) -> Path:
