@@ -97,6 +97,9 @@ def test_build_refuses_a_blank_label_folder_and_a_too_long_image_name(tiny_grid_
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
+        ({"epochs": 0}, "--epochs 0: must be >= 1"),
+        ({"accum": 0}, "--accum 0: must be >= 1"),
+        ({"batch_size": 1}, "--batch-size 1: must be >= 2"),
         ({"lr": float("nan")}, "--lr"),
         ({"lr": -1.0}, "--lr"),
         ({"lr": float("inf")}, "--lr"),

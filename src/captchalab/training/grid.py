@@ -69,8 +69,13 @@ class GridTrainOptions:
 
 def check_options(opts: GridTrainOptions) -> None:
     """Refuse option values that make no sense (one line naming the option), before any data is read."""
-    if opts.epochs < 1 or opts.batch_size < 2 or opts.accum < 1:
-        raise CaptchalabError("--epochs and --accum must be >= 1 and --batch-size >= 2")
+    for option, value, least in (
+        ("--epochs", opts.epochs, 1),
+        ("--accum", opts.accum, 1),
+        ("--batch-size", opts.batch_size, 2),
+    ):
+        if value < least:
+            raise CaptchalabError(f"{option} {value}: must be >= {least}")
     if not (math.isfinite(opts.lr) and opts.lr > 0):
         raise CaptchalabError(f"--lr {opts.lr}: the learning rate must be a finite number > 0")
     if not (math.isfinite(opts.wd) and opts.wd >= 0):
