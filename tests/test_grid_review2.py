@@ -93,6 +93,16 @@ def test_build_refuses_a_blank_label_folder_and_a_too_long_image_name(tiny_grid_
     _one_line_error(long_name, "labels.jsonl:1: image", "not found")
 
 
+def test_build_skips_a_huge_file_without_reading_it(tiny_grid_cells: Path, tmp_path: Path):
+    cells = tmp_path / "cells"
+    shutil.copytree(tiny_grid_cells, cells)
+    with (cells / "猫" / "huge.png").open("wb") as handle:  # sparse: 3 GB on paper, nothing on disk
+        handle.truncate(3 * 2**30)
+    result = run_cli("grid", "dataset", "build", str(cells), "--out", str(tmp_path / "o"))
+    assert "huge.png: 3072 MB, too large for a cell picture" in result.stderr_text
+    assert "Traceback" not in result.stderr_text
+
+
 # ---------------------------------------------------------------------------------------------------- grid train
 @pytest.mark.parametrize(
     ("fields", "message"),

@@ -51,6 +51,7 @@ _ID = re.compile(r"[0-9]{1,18}")  # ids and counts fit in an int64 (longer digit
 _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 _LMDB_FILES = ("data.mdb", "lock.mdb")
 _COMMIT_EVERY = 1000
+MAX_CELL_BYTES = 64 * 2**20  # a cell picture is an icon or a photo crop, never this large
 _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif"}
 
 
@@ -226,6 +227,9 @@ def _read_images(cells: Path, sources: list[_Source]) -> tuple[list[_Image], lis
     images, skipped, problems = [], [], []
     for source in track(sorted(sources, key=lambda s: (s.text, s.key)), len(sources), "checking images"):
         try:
+            size = source.path.stat().st_size
+            if size > MAX_CELL_BYTES:  # checked before reading: the bytes are kept in memory for the TSV / LMDB
+                raise CaptchalabError(f"{source.path}: {size / 2**20:.0f} MB, too large for a cell picture")
             data = source.path.read_bytes()
             load_image(data, name=str(source.path))
         except (OSError, CaptchalabError) as exc:
