@@ -26,9 +26,10 @@ def build(
     lmdb: bool = typer.Option(False, "--lmdb", help="Also write lmdb/{split}/{imgs,pairs} as Chinese-CLIP does."),
 ) -> None:
     """Labelled cells -> {split}_imgs.tsv + {split}_texts.jsonl (+ LMDB)."""
-    from captchalab.data.cnclip import build_dataset, parse_split_ratios
+    from captchalab.data.cnclip import build_dataset
+    from captchalab.data.split import parse_ratios
 
-    summary = build_dataset(cells, out, parse_split_ratios(split), seed=seed, lmdb=lmdb)
+    summary = build_dataset(cells, out, parse_ratios(split), seed=seed, lmdb=lmdb)
     counts = ", ".join(f"{name} {row['images']}" for name, row in summary["splits"].items())
     typer.echo(
         f"wrote {out}: {len(summary['labels'])} labels; images {counts}"

@@ -22,7 +22,6 @@ import binascii
 import io
 import json
 import logging
-import math
 import mmap
 import pickle
 import pickletools
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from captchalab.data.split import SPLITS
+from captchalab.data.split import SPLITS, check_ratios
 from captchalab.errors import CaptchalabError
 from captchalab.imaging import IMAGE_SUFFIXES, load_image
 from captchalab.progress import track
@@ -100,7 +99,7 @@ def build_dataset(
     Returns the summary also written to ``out/dataset.json``.
     """
     cells, out = Path(cells), Path(out)
-    weights = _check_ratios(ratios)
+    weights = check_ratios(ratios)
     images, skipped = _read_images(cells, _scan(cells))
     labels = sorted({image.source.text for image in images})
     splits = _stratify(cells, images, weights, seed)
@@ -125,30 +124,6 @@ def build_dataset(
     }
     (out / "dataset.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     return summary
-
-
-def parse_split_ratios(text: str) -> tuple[float, float, float]:
-    """``--split`` as typed (``0.8,0.1,0.1``, any scale: ``8,1,1``) -> train, valid, test ratios summing to 1."""
-    try:
-        values: list[float] = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    return _check_ratios(values, shown=text)
-
-
-def _check_ratios(ratios: Sequence[float], shown: str | None = None) -> tuple[float, float, float]:
-    """Three finite ratios >= 0 with train > 0, normalised; an error quotes ``shown`` (what the user typed)."""
-    try:
-        values = tuple(float(r) for r in ratios)
-    except (TypeError, ValueError):
-        values = ()
-    if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or values[0] <= 0:
-        typed = shown if shown is not None else ",".join(str(r) for r in ratios)
-        raise CaptchalabError(
-            f"bad split ratios {typed!r}: use three finite numbers >= 0 with train > 0, such as 0.8,0.1,0.1"
-        )
-    total = sum(values)
-    return values[0] / total, values[1] / total, values[2] / total
 
 
 def _scan(cells: Path) -> list[_Source]:

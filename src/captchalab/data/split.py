@@ -14,14 +14,27 @@ SPLITS = ("train", "valid", "test")
 
 
 def parse_ratios(text: str) -> tuple[float, float, float]:
+    """``--split`` as typed (``0.8,0.1,0.1``, any scale: ``8,1,1``) -> train, valid, test ratios summing to 1."""
     try:
-        ratios = tuple(float(v) for v in text.split(","))
+        values: list[float] = [float(v) for v in text.split(",")]
     except ValueError:
-        ratios = ()
-    if len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios) or ratios[0] <= 0:
-        raise CaptchalabError(f"bad split ratios {text!r}: use three numbers >= 0 such as 0.8,0.1,0.1 (train above 0)")
-    total = sum(ratios)
-    return tuple(r / total for r in ratios)  # type: ignore[return-value]
+        values = []
+    return check_ratios(values, shown=text)
+
+
+def check_ratios(ratios: Sequence[float], shown: str | None = None) -> tuple[float, float, float]:
+    """Three finite ratios >= 0 with train > 0, normalised; an error quotes ``shown`` (what the user typed)."""
+    try:
+        values = tuple(float(r) for r in ratios)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or values[0] <= 0:
+        typed = shown if shown is not None else ",".join(str(r) for r in ratios)
+        raise CaptchalabError(
+            f"bad split ratios {typed!r}: use three finite numbers >= 0 with train > 0, such as 0.8,0.1,0.1"
+        )
+    total = sum(values)
+    return values[0] / total, values[1] / total, values[2] / total
 
 
 def split_keys(

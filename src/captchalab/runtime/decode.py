@@ -110,3 +110,9 @@ def restrict_charset(log_probs: np.ndarray, chars: str, allowed: str) -> tuple[n
     top = kept.max(-1, keepdims=True)
     kept = kept - (top + np.log(np.exp(kept - top).sum(-1, keepdims=True)))
     return kept, "".join(c for c in chars if c in set(allowed))
+
+
+def check_charset(chars: object) -> None:
+    """ValueError unless ``chars`` is a model charset: a non-empty string of distinct characters."""
+    if not isinstance(chars, str) or not chars or len(set(chars)) != len(chars):
+        raise ValueError(f"charset {chars!r} is not a string of distinct characters")

@@ -175,9 +175,11 @@ class GridSolver:
         if cells is not None:
             if isinstance(cells, (str, bytes, os.PathLike)):  # one path is not a list of cells (a str iterates)
                 raise CaptchalabError("cells must be a list of images (row-major), not one path")
+            from captchalab.runtime.grid_layout import is_one_colour
+
             pictures = [load_image(c) for c in cells]
             for index, (cell, picture) in enumerate(zip(cells, pictures), 1):
-                if _one_colour(picture):
+                if is_one_colour(np.asarray(picture.convert("RGB"))):
                     where = str(cell) if isinstance(cell, (str, os.PathLike)) else f"cell {index}"
                     raise CaptchalabError(f"{where}: the cell is one flat colour: there is no picture in it")
             if len(pictures) not in (6, 9):
@@ -195,13 +197,6 @@ class GridSolver:
         except CaptchalabError as exc:
             raise CaptchalabError(f"{name}: {exc}" if name else str(exc)) from None
         return pictures, f"{rows}x{cols}"
-
-
-def _one_colour(picture: Image.Image) -> bool:
-    from captchalab.runtime.grid_layout import UNIFORM_TOL
-
-    pixels = np.asarray(picture.convert("RGB")).reshape(-1, 3)
-    return int(np.ptp(pixels, axis=0).max()) <= UNIFORM_TOL
 
 
 _SOLVERS: dict[tuple[str, int | None], GridSolver] = {}

@@ -223,11 +223,16 @@ def split_cells(grid: Image.Image, rows: int, cols: int) -> list[Image.Image]:
     return split_grid(grid, (rows, cols))[0]
 
 
+def is_one_colour(pixels: np.ndarray) -> bool:
+    """(..., 3) pixels: True when every channel stays within UNIFORM_TOL over the whole image (blank, no picture)."""
+    return int(np.ptp(pixels.reshape(-1, 3), axis=0).max()) <= UNIFORM_TOL
+
+
 def split_grid(grid: Image.Image, shape: tuple[int, int] | None = None) -> tuple[list[Image.Image], tuple[int, int]]:
     """(cells, (rows, cols)): ``split_cells`` with the layout given or, for None, guessed (``guess_layout``); the
     pixels are scanned for flat lines once for both."""
     lines = GridLines.of(grid)
-    if np.ptp(lines.pixels.reshape(-1, 3), axis=0).max() <= UNIFORM_TOL:
+    if is_one_colour(lines.pixels):
         raise CaptchalabError(f"the {grid.width}x{grid.height} image is one flat colour: there are no pictures in it")
     if not _layouts_that_fit(grid, [shape] if shape else LAYOUTS):
         layouts = f"{shape[0]}x{shape[1]}" if shape else "2x3, 3x2 or 3x3"

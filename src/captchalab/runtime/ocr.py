@@ -17,6 +17,7 @@ from captchalab.runtime.bundle import load_bundle, onnx_session, reading_manifes
 from captchalab.runtime.decode import (
     DECODERS,
     allowed_chars,
+    check_charset,
     choose_alphabets,
     decode,
     fold_case,
@@ -137,8 +138,7 @@ class OcrReader:
 def _check_manifest(manifest: dict) -> None:
     """ValueError for a charset, decoder or alphabets entry the runtime could not use (a hand-edited manifest)."""
     chars, decoder = manifest["charset"], manifest["decoder"]
-    if not isinstance(chars, str) or not chars or len(set(chars)) != len(chars):
-        raise ValueError(f"charset {chars!r} is not a string of distinct characters")
+    check_charset(chars)
     if decoder not in DECODERS:
         raise ValueError(f"decoder {decoder!r} is not one of {', '.join(DECODERS)}")
     alphabets = manifest.get("alphabets")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from captchalab.data.split import check_ratios
 from captchalab.errors import CaptchalabError
 from captchalab.imaging import IMAGE_SUFFIXES, MAX_PIXELS, load_image
 from captchalab.progress import track
@@ -44,13 +45,6 @@ def _split_counts(n: int, ratios: tuple[float, float, float]) -> tuple[int, int,
         else:
             n_val -= 1
     return n - n_val - n_test, n_val, n_test
-
-
-def _check_ratios(ratios: tuple[float, float, float]) -> tuple[float, float, float]:
-    if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0:
-        raise CaptchalabError(f"bad split ratios {ratios}: use three non-negative numbers such as 0.8,0.1,0.1")
-    total = float(sum(ratios))
-    return (ratios[0] / total, ratios[1] / total, ratios[2] / total)
 
 
 def _check_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -83,7 +77,7 @@ def split_class_folders(
         {"out", "seed", "ratios", "size", "counts": {split: {class: n}}, "skipped": [...]}
     """
     class_dir, out = Path(class_dir), Path(out)
-    ratios = _check_ratios(tuple(ratios))  # type: ignore[arg-type]
+    ratios = check_ratios(ratios)
     target = _check_size(size)
     if not class_dir.is_dir():
         raise CaptchalabError(f"{class_dir}: no such folder")

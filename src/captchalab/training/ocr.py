@@ -27,7 +27,7 @@ from captchalab.folders import make_folder
 from captchalab.imaging import Preprocess
 from captchalab.models import OCR_ARCHS, create_ocr_model, model_config_dict
 from captchalab.progress import track
-from captchalab.runtime.decode import decode
+from captchalab.runtime.decode import check_charset, decode
 from captchalab.training import distributed
 from captchalab.training.checkpoint import load_torch, save_torch, write_csv, write_json
 from captchalab.training.plots import plot_curves
@@ -437,8 +437,7 @@ def _check_run_config(config: dict) -> None:
     if config.get("decoder") != OCR_ARCHS[config["arch"]][2]:
         raise ValueError(f"decoder {config.get('decoder')!r} does not fit arch {config['arch']!r}")
     chars = config["charset"]
-    if not isinstance(chars, str) or not chars or len(set(chars)) != len(chars):
-        raise ValueError(f"charset {chars!r} is not a string of distinct characters")
+    check_charset(chars)
     if not isinstance(config["model"], dict) or config["model"].get("n_classes") != len(chars):
         raise ValueError(f"the model's classes do not fit the charset {chars!r}")
     Preprocess.from_dict(config["preprocess"])
