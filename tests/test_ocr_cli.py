@@ -247,7 +247,9 @@ def test_cosine_schedule_and_resume_with_a_larger_budget(tiny_data: Path, tmp_pa
     run = tmp_path / "run"
     common = ["--size", "48x16", "--batch-size", "64"]
     run_cli("ocr", "train", str(tiny_data), "--out", str(run), "--schedule", "cosine", "--max-epochs", "2", *common)
-    run_cli("ocr", "train", str(tiny_data), "--out", str(run), "--resume", "--max-epochs", "4")
+    # the first command again with --resume and a larger budget: the options a resume cannot change are named
+    resumed = run_cli("ocr", "train", str(tiny_data), "--out", str(run), "--resume", "--max-epochs", "4", *common)
+    assert "ignoring --batch-size, --size" in resumed.stderr_text
     rows = (run / "log.csv").read_text().splitlines()[1:]
     lrs = [float(row.split(",")[4]) for row in rows]
     assert [int(row.split(",")[0]) for row in rows] == [1, 2, 3, 4]

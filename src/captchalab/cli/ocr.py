@@ -56,6 +56,7 @@ def generate(
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Path = typer.Argument(..., help="Folder of images (label in file name) or a .tsv / .jsonl labels file."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, split, logs, report)."),
     arch: str = typer.Option("ctc", help="ctc (fast, variable length; default) or resnet18-fixed (the article's)."),
@@ -79,8 +80,8 @@ def train(
     resume: bool = typer.Option(
         False,
         "--resume",
-        help="Continue the run in --out after its last finished epoch, with its saved options "
-        "(--max-epochs, --patience and --max-minutes may change the budget).",
+        help="Continue the run in --out after its last finished epoch, with its saved options: only --max-epochs, "
+        "--patience, --max-minutes, --device and --workers may change (a warning names others given).",
     ),
 ) -> None:
     """Train an OCR model; writes RUN/report.json, log.csv, accuracy.png, best.pt."""
@@ -90,6 +91,8 @@ def train(
     from captchalab.data.split import parse_ratios
     from captchalab.training.ocr import OcrTrainOptions, train_ocr
 
+    if resume:
+        _warn_ignored_on_resume(ctx)
     width, height = parse_size(size) if size else (None, None)
     budget = {
         k: v
@@ -171,6 +174,12 @@ def refine(
     lr: float = typer.Option(2e-3, help="AdamW learning rate (positive)."),
     seed: int = typer.Option(0, help="Seed of the held-out split, the initialisation and the batch order."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    mirror: bool | None = typer.Option(
+        None, "--mirror/--no-mirror", show_default="on when every one of --chars is 0, O or o",
+        help="The characters look the same mirrored: learn mirrored crops too and read each crop in its four "
+        "mirrorings. Wrong for characters such as 1 / l / I.",
+    ),  # fmt: skip
+    channels: str = typer.Option("16,32,64,96", help="Widths of the classifier's four convolution stages."),
     data_statement: str | None = typer.Option(None, help="What DATA is (how it was made), for the manifest."),
 ) -> None:
     """Teach a bundle a second look at look-alike characters (such as O and 0) on full-resolution crops."""
@@ -184,9 +193,12 @@ def refine(
         raise CaptchalabError(f"--chars {chars!r}: give at least two characters that look alike")
     if not (math.isfinite(lr) and lr > 0):
         raise CaptchalabError(f"--lr must be a positive number, not {lr!r}")
+    widths = _parse_channels(channels)
+    mirror = set(group) <= MIRROR_SAFE if mirror is None else mirror
     check_refinable(model, out)  # before the long work
-    opts = RefineOptions(chars=group, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
-    spec = RefineSpec(group, opts.height, opts.width)
+    opts = RefineOptions(chars=group, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                         mirror=mirror, channels=widths)  # fmt: skip
+    spec = RefineSpec(group, opts.height, opts.width, mirror=mirror)
     crops = collect_crops(model, data, spec)
     train, valid = split_crops(crops, opts.valid_fraction, opts.seed)
     net, spec, report = train_refiner(crops, spec, opts, train, valid)
@@ -199,6 +211,34 @@ def refine(
         f"CTC model alone is right {accuracy['ctc_model']:.4f}, with the refiner {accuracy['combined']:.4f} "
         f"(main weight {spec.main_weight})"
     )
+
+
+# what `ocr train --resume` may change; every other option comes from the run's saved config
+RESUME_MAY_CHANGE = {"data", "out", "resume", "patience", "max_epochs", "max_minutes", "device", "workers"}
+
+
+def _warn_ignored_on_resume(ctx: typer.Context) -> None:
+    """One line naming the options given on the command line that a resumed run does not take."""
+    # compared by name: typer ships its own copy of click, whose ParameterSource is not click's
+    given = [
+        p.opts[0] for p in ctx.command.params
+        if p.name not in RESUME_MAY_CHANGE and getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE"
+    ]  # fmt: skip
+    if given:
+        typer.echo(f"warning: --resume keeps the run's saved options; ignoring {', '.join(given)}", err=True)
+
+
+MIRROR_SAFE = set("0Oo")  # characters whose mirror images (left-right, upside down) are themselves
+
+
+def _parse_channels(text: str) -> tuple[int, int, int, int]:
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        widths = ()
+    if len(widths) != 4 or not all(1 <= w <= 1024 for w in widths):
+        raise CaptchalabError(f"--channels {text!r}: give four widths between 1 and 1024, e.g. 16,32,64,96")
+    return widths  # type: ignore[return-value]
 
 
 CHARSET_HELP = (
