@@ -70,46 +70,6 @@ def test_refiner_decides_with_the_cnn_and_the_ctc_score(tmp_path: Path):
     assert cnn_only.refine(["A"], _log_probs([2], 4), chars, sources) == ["A"]  # nothing of the group: untouched
 
 
-def _export(net, path: Path) -> Path:  # noqa: ANN001 - a torch module
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, torch.zeros(1, 1, 60, 48), str(path), input_names=["crop"], output_names=["logits"],
-                          dynamic_axes={"crop": {0: "b"}}, dynamo=False)  # fmt: skip
-    return path
-
-
-def test_mirror_reads_the_four_mirrorings_and_averages(tmp_path: Path):
-    torch = pytest.importorskip("torch")
-    from captchalab.models.ocr_refiner import RefinerNet
-
-    torch.manual_seed(0)
-    path = _export(RefinerNet(3, (4, 4, 8, 8)).eval(), tmp_path / "refiner.onnx")
-    crops = np.full((5, 60, 48), 255, dtype=np.uint8)
-    for i, crop in enumerate(crops):  # a dark block in a different corner of each: its mirrorings differ
-        crop[: 10 + 8 * i, : 6 + 4 * i] = 0
-    plain = Refiner(path, RefineSpec("0Oo"), 1, None)
-    mirrored = Refiner(path, RefineSpec("0Oo", mirror=True), 1, None)
-    views = [crops, crops[:, :, ::-1], crops[:, ::-1], crops[:, ::-1, ::-1]]
-    expected = np.mean([plain.log_probs(np.ascontiguousarray(v)) for v in views], axis=0)
-    assert np.allclose(mirrored.log_probs(crops), expected, atol=1e-5)
-    assert not np.allclose(plain.log_probs(crops), expected, atol=1e-4)  # the views do differ for this net
-    assert RefineSpec.from_dict({"chars": "0O"}).mirror is False  # bundles from before mirroring read as they were
-    assert RefineSpec.from_dict(RefineSpec("0O", mirror=True).to_dict()).mirror is True
-
-
-def test_training_mirrors_about_half_of_the_crops():
-    torch = pytest.importorskip("torch")
-    from captchalab.training.ocr_refine import _mirror
-
-    x = torch.arange(2 * 3, dtype=torch.float32).reshape(1, 1, 2, 3).repeat(400, 1, 1, 1)
-    out = _mirror(x, np.random.default_rng(0))
-    kinds = {tuple(o.flatten().tolist()) for o in out}
-    assert kinds == {tuple(v.flatten().tolist()) for v in (x[0], x[0].flip(-1), x[0].flip(-2), x[0].flip(-1, -2))}
-    assert 0.4 < (out != x).flatten(1).any(1).float().mean().item() < 0.9  # 3 in 4 changed, on average
-
-
 @pytest.fixture(scope="module")
 def look_alike_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("refine-data")
@@ -123,13 +83,13 @@ def test_refine_cli_writes_a_bundle_the_reader_uses(look_alike_data: Path, tmp_p
 
     out = tmp_path / "refined"
     done = run_cli("ocr", "refine", "default", str(look_alike_data), "--out", str(out), "--epochs", "1",
-                   "--chars", "0O")  # fmt: skip
+                   "--chars", "0O", "--channels", "8,16,16,24")  # fmt: skip
     assert "held-out crops" in done.stdout_text
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["files"]["refiner"] == "refiner.onnx" and (out / "refiner.onnx").is_file()
     refiner = manifest["refiner"]
     assert refiner["chars"] == "0O" and refiner["parity"]["mismatches"] == 0
-    assert refiner["mirror"] is True  # on by default for 0 / O
+    assert refiner["training"]["options"]["channels"] == [8, 16, 16, 24]
     assert refiner["main_weight"] in (0.0, 0.25, 0.5, 1.0, 2.0)
     crops = refiner["training"]["crops"]
     assert crops["train"] > 100 and crops["per_class"]["0"] > 0 and crops["per_class"]["O"] > 0

@@ -174,11 +174,6 @@ def refine(
     lr: float = typer.Option(2e-3, help="AdamW learning rate (positive)."),
     seed: int = typer.Option(0, help="Seed of the held-out split, the initialisation and the batch order."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    mirror: bool | None = typer.Option(
-        None, "--mirror/--no-mirror", show_default="on when every one of --chars is 0, O or o",
-        help="The characters look the same mirrored: learn mirrored crops too and read each crop in its four "
-        "mirrorings. Wrong for characters such as 1 / l / I.",
-    ),  # fmt: skip
     channels: str = typer.Option("16,32,64,96", help="Widths of the classifier's four convolution stages."),
     data_statement: str | None = typer.Option(None, help="What DATA is (how it was made), for the manifest."),
 ) -> None:
@@ -194,11 +189,10 @@ def refine(
     if not (math.isfinite(lr) and lr > 0):
         raise CaptchalabError(f"--lr must be a positive number, not {lr!r}")
     widths = _parse_channels(channels)
-    mirror = set(group) <= MIRROR_SAFE if mirror is None else mirror
     check_refinable(model, out)  # before the long work
     opts = RefineOptions(chars=group, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                         mirror=mirror, channels=widths)  # fmt: skip
-    spec = RefineSpec(group, opts.height, opts.width, mirror=mirror)
+                         channels=widths)  # fmt: skip
+    spec = RefineSpec(group, opts.height, opts.width)
     crops = collect_crops(model, data, spec)
     train, valid = split_crops(crops, opts.valid_fraction, opts.seed)
     net, spec, report = train_refiner(crops, spec, opts, train, valid)
@@ -226,9 +220,6 @@ def _warn_ignored_on_resume(ctx: typer.Context) -> None:
     ]  # fmt: skip
     if given:
         typer.echo(f"warning: --resume keeps the run's saved options; ignoring {', '.join(given)}", err=True)
-
-
-MIRROR_SAFE = set("0Oo")  # characters whose mirror images (left-right, upside down) are themselves
 
 
 def _parse_channels(text: str) -> tuple[int, int, int, int]:

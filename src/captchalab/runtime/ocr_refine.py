@@ -29,23 +29,13 @@ class RefineSpec:
     mean: float = 0.5
     std: float = 0.5
     main_weight: float = 0.5  # weight of the CTC model's log-probability next to the classifier's
-    # The group's characters look the same mirrored left-right and upside down (0 O o do): the classifier learnt
-    # mirrored crops too, and reads each crop in its four mirrorings, averaging their log-probabilities.
-    mirror: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> RefineSpec:
-        keys = ("chars", "height", "width", "mean", "std", "main_weight", "mirror")
-        return cls(**{k: data[k] for k in keys if k in data})
-
-    def views(self, crops: np.ndarray) -> list[np.ndarray]:
-        """(N, H, W) crops -> the views the classifier reads: the crops, and with ``mirror`` their three mirrorings."""
-        if not self.mirror:
-            return [crops]
-        return [crops, crops[:, :, ::-1], crops[:, ::-1, :], crops[:, ::-1, ::-1]]
+        return cls(**{k: data[k] for k in ("chars", "height", "width", "mean", "std", "main_weight") if k in data})
 
     def source(self, image: Image.Image) -> np.ndarray:
         """RGB PIL image -> (height, W') uint8 grey, aspect kept: what crops are cut from."""
@@ -133,12 +123,10 @@ class Refiner:
         self._input = self._session.get_inputs()[0].name
 
     def log_probs(self, crops: np.ndarray) -> np.ndarray:
-        """(N, height, width) uint8 crops -> (N, len(chars)) log-probabilities (averaged over ``spec.views``)."""
-        views = self.spec.views(crops)
-        (logits,) = self._session.run(None, {self._input: self.spec.normalize(np.concatenate(views))})
+        """(N, height, width) uint8 crops -> (N, len(chars)) log-probabilities."""
+        (logits,) = self._session.run(None, {self._input: self.spec.normalize(crops)})
         top = logits.max(-1, keepdims=True)
-        log_probs = logits - (top + np.log(np.exp(logits - top).sum(-1, keepdims=True)))
-        return log_probs.reshape(len(views), len(crops), -1).mean(0)
+        return logits - (top + np.log(np.exp(logits - top).sum(-1, keepdims=True)))
 
     def hook(self, images: Sequence[Image.Image]) -> RefineHook:
         """The decoding hook for one batch of loaded ``images``."""

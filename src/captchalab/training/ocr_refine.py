@@ -43,7 +43,6 @@ class RefineOptions:
     device: str = "auto"
     height: int = 60
     width: int = 48
-    mirror: bool = False  # see RefineSpec.mirror: mirrored crops in training, four mirrorings read
     channels: tuple[int, int, int, int] = (16, 32, 64, 96)  # RefinerNet widths
 
 
@@ -156,17 +155,14 @@ def train_refiner(
         total = 0.0
         for s in track(range(steps_per_epoch), steps_per_epoch, f"refiner epoch {epoch + 1}/{opts.epochs}"):
             idx = torch.from_numpy(order[s * opts.batch_size : (s + 1) * opts.batch_size])
-            x = _jitter(x_all[idx], rng)
-            if spec.mirror:
-                x = _mirror(x, rng)
-            x = x.to(device)
+            x = _jitter(x_all[idx], rng).to(device)
             loss = F.cross_entropy(net(x), y_all[idx].to(device), label_smoothing=0.05)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             total += loss.item()
-        cnn = predict_log_probs(net, crops.images[valid_idx], spec, device)
+        cnn = predict_log_probs(net, x_all[valid_idx], device)
         accuracy = combined_accuracy(cnn, crops.main[valid_idx], crops.labels[valid_idx], 0.0)
         history.append({"epoch": epoch, "train_loss": round(total / steps_per_epoch, 4), "valid_accuracy": accuracy,
                         "seconds": round(time.time() - started, 1)})  # fmt: skip
@@ -193,24 +189,11 @@ def train_refiner(
     return net, RefineSpec(**{**spec.to_dict(), "main_weight": weight}), report
 
 
-def predict_log_probs(net: torch.nn.Module, crops: np.ndarray, spec: RefineSpec, device: torch.device) -> np.ndarray:
-    """(N, H, W) uint8 crops -> (N, G) log-probabilities, averaged over ``spec.views`` as the runtime does."""
+def predict_log_probs(net: torch.nn.Module, x: torch.Tensor, device: torch.device) -> np.ndarray:
     net.eval()
-    views = []
     with torch.no_grad():
-        for view in spec.views(crops):
-            x = torch.from_numpy(spec.normalize(np.ascontiguousarray(view)))
-            out = [F.log_softmax(net(x[i : i + 1024].to(device)), -1).cpu() for i in range(0, len(x), 1024)]
-            views.append(torch.cat(out).numpy())
-    return np.mean(views, axis=0)
-
-
-def _mirror(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Mirror each crop of (B, 1, H, W) left-right and/or upside down, each with probability 1/2."""
-    flip_x = torch.from_numpy(rng.random(len(x)) < 0.5)[:, None, None, None]
-    flip_y = torch.from_numpy(rng.random(len(x)) < 0.5)[:, None, None, None]
-    x = torch.where(flip_x, x.flip(-1), x)
-    return torch.where(flip_y, x.flip(-2), x)
+        out = [F.log_softmax(net(x[i : i + 1024].to(device)), -1).cpu() for i in range(0, len(x), 1024)]
+    return torch.cat(out).numpy()
 
 
 def _jitter(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
