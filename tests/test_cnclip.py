@@ -114,8 +114,9 @@ def test_folder_to_dataset_to_folder_round_trip(cells, tmp_path):
     build_dataset(root, tmp_path / "ds")
     back = tmp_path / "back"
     assert sum(export_cells(tmp_path / "ds", split, back) for split in SPLITS) == len(originals)
-    files = sorted(p for p in back.rglob("*") if p.is_file())
+    files = sorted(p for p in back.rglob("*") if p.is_file() and p.parent != back)
     assert {(p.parent.name, p.read_bytes()) for p in files} == {(label, data) for data, label in originals.items()}
+    assert sorted(p.name for p in back.glob("*.jsonl")) == [f"{split}_labels.jsonl" for split in sorted(SPLITS)]
     assert {p.suffix for p in files} == {".png", ".jpg"}
     for path in files:
         assert Image.open(path).format == {".png": "PNG", ".jpg": "JPEG"}[path.suffix]
@@ -376,3 +377,28 @@ def test_export_never_overwrites_other_content(cells, tmp_path):
     target.write_bytes(b"mine")
     _raises(target, lambda: export_cells(ds, "test", tmp_path / "back"))
     assert target.read_bytes() == b"mine"
+
+
+def test_texts_that_cannot_be_folders_unpack_and_build_back_exactly(tmp_path, caplog):
+    """'猫/狗', '..' and 'a\\b' get stand-in folders (never clashing with a real text 'a_b'); the labels JSONL written
+    beside them keeps the exact texts, and building from it gives them back."""
+    pictures = tmp_path / "pics"
+    pictures.mkdir()
+    texts = ["猫/狗", "..", "a\\b", "a_b"]
+    records = []
+    for i, text in enumerate(texts * 3):
+        Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(pictures / f"{i}.png")
+        records.append(json.dumps({"image": f"pics/{i}.png", "text": text}, ensure_ascii=False))
+    listing = tmp_path / "labels.jsonl"
+    listing.write_text("\n".join(records) + "\n", encoding="utf-8")
+    build_dataset(listing, tmp_path / "ds", ratios=(1.0, 0.0, 0.0))
+    with caplog.at_level(logging.WARNING):
+        assert export_cells(tmp_path / "ds", "train", tmp_path / "back") == 12
+    assert "3 texts cannot be folder names" in caplog.text
+    folders = sorted(p.name for p in (tmp_path / "back").iterdir() if p.is_dir())
+    assert len(folders) == 4 and "a_b" in folders and all("/" not in f and "\\" not in f for f in folders)
+    build_dataset(tmp_path / "back" / "train_labels.jsonl", tmp_path / "ds2", ratios=(1.0, 0.0, 0.0))
+    again = sorted((c.text, c.image_bytes) for c in read_split(tmp_path / "ds2", "train"))
+    assert again == sorted((c.text, c.image_bytes) for c in read_split(tmp_path / "ds", "train"))
+    # a second export into the same folder finds everything in place and writes nothing new
+    assert export_cells(tmp_path / "ds", "train", tmp_path / "back") == 12

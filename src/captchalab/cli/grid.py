@@ -48,13 +48,16 @@ def lmdb_cmd(dataset: Path = typer.Argument(..., help="A folder of {split}_imgs.
 @dataset_app.command("unpack")
 def unpack(
     dataset: Path = typer.Argument(..., help="A Chinese-CLIP-format dataset folder."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write <text>/<image_id>.<ext> into."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Folder to write <text>/<image_id>.<ext> and <split>_labels.jsonl (exact texts) into."
+    ),
     split: str = typer.Option("train", help="train, valid or test."),
 ) -> None:
     """Write a split back out as labelled cell folders."""
     from captchalab.data.cnclip import export_cells
 
-    typer.echo(f"wrote {export_cells(dataset, split, out)} images to {out}")
+    count = export_cells(dataset, split, out)
+    typer.echo(f"wrote {count} images to {out}, listed with their texts in {out / f'{split}_labels.jsonl'}")
 
 
 # ---------------------------------------------------------------------------------------- synthetic grids (data)

@@ -410,22 +410,57 @@ def read_lmdb_split(lmdb_split_dir: str | Path) -> list[Cell]:
 
 
 def export_cells(dataset_dir: str | Path, split: str, out_folder: str | Path) -> int:
-    """Write a split's cells back out as ``<text>/<image_id>.<ext>`` (original bytes); returns how many.
+    """Write a split's cells back out as ``<text>/<image_id>.<ext>`` (original bytes) and list them with their exact
+    texts in ``<split>_labels.jsonl`` (``{"image", "text"}``, which ``build_dataset`` reads); returns how many.
 
-    The extension comes from the image format. An existing file with other bytes is never overwritten.
+    The extension comes from the image format. A text that cannot be a folder name (a '/', a '\\', '.', '..')
+    gets a stand-in folder, named in a warning; the JSONL keeps the text. Existing files with other bytes are never
+    overwritten: that is checked for every file before any is written.
     """
     out = Path(out_folder)
     cells = read_split(dataset_dir, split)
-    for cell in track(cells, len(cells), f"exporting {split}"):
+    folders = _folder_names(sorted({cell.text for cell in cells}))
+    plan: list[tuple[Path, bytes, str]] = []  # (target, bytes, text)
+    for cell in cells:
         where = f"{dataset_dir}: {split} image {cell.image_id}"
-        target = out / _folder_name(cell.text, where) / f"{cell.image_id}{_extension(cell.image_bytes, where)}"
-        if target.exists():
-            if target.is_file() and target.read_bytes() == cell.image_bytes:
-                continue
+        name = f"{cell.image_id}{_extension(cell.image_bytes, where)}"
+        plan.append((out / folders[cell.text] / name, cell.image_bytes, cell.text))
+    lines = "".join(
+        json.dumps({"image": target.relative_to(out).as_posix(), "text": text}, ensure_ascii=False) + "\n"
+        for target, _, text in plan
+    )
+    plan.append((out / f"{split}_labels.jsonl", lines.encode("utf-8"), ""))
+    for target, data, _ in plan:
+        if target.exists() and not (target.is_file() and target.read_bytes() == data):
             raise CaptchalabError(f"{target}: already exists with other content; export into a new folder")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(cell.image_bytes)
+    stand_ins = {text: folder for text, folder in folders.items() if folder != text}
+    if stand_ins:
+        shown = ", ".join(f"{text!r} -> {folder}/" for text, folder in list(stand_ins.items())[:5])
+        logger.warning("%d texts cannot be folder names (%s); %s keeps the exact texts: build from it",
+                       len(stand_ins), shown, out / f"{split}_labels.jsonl")  # fmt: skip
+    for target, data, _ in track(plan, len(plan), f"exporting {split}"):
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
     return len(cells)
+
+
+def _folder_names(texts: list[str]) -> dict[str, str]:
+    """Text -> the folder its images go in: the text itself, or for a text no folder can be named (path separators,
+    NUL, '.', '..', blank) a stand-in built from it that no other text of the split is named."""
+    names = {text: text for text in texts if text.strip() and text not in (".", "..") and not set(text) & set("/\\\0")}
+    taken = set(names.values())
+    for text in texts:
+        if text in names:
+            continue
+        base = "".join("_" if c in "/\\\0" else c for c in text).strip(" .") or "_"
+        name, k = base, 1
+        while name in taken:
+            k += 1
+            name = f"{base}~{k}"
+        names[text] = name
+        taken.add(name)
+    return names
 
 
 def _existing_folder(folder: Path) -> Path:
@@ -593,12 +628,6 @@ def _pair(value: bytes | None, path: Path, index: int) -> tuple[int, str]:
     ):
         raise CaptchalabError(f"{path}: pair {index} is not a pickled (image_id, text_id, text)")
     return pair[0], pair[2]
-
-
-def _folder_name(text: str, where: str) -> str:
-    if not text.strip() or text in (".", "..") or any(c in text for c in "/\\\0"):
-        raise CaptchalabError(f"{where}: text {text!r} cannot be a folder name")
-    return text
 
 
 def _extension(data: bytes, where: str) -> str:
