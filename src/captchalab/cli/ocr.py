@@ -174,7 +174,9 @@ def refine(
     lr: float = typer.Option(2e-3, help="AdamW learning rate (positive)."),
     seed: int = typer.Option(0, help="Seed of the held-out split, the initialisation and the batch order."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    channels: str = typer.Option("16,32,64,96", help="Widths of the classifier's four convolution stages."),
+    channels: str = typer.Option(
+        "32,64,96,128", help="Widths of the classifier's four convolution stages (16,32,64,96 trains ~4x faster)."
+    ),
     data_statement: str | None = typer.Option(None, help="What DATA is (how it was made), for the manifest."),
 ) -> None:
     """Teach a bundle a second look at look-alike characters (such as O and 0) on full-resolution crops."""

@@ -43,7 +43,7 @@ class RefineOptions:
     device: str = "auto"
     height: int = 60
     width: int = 48
-    channels: tuple[int, int, int, int] = (16, 32, 64, 96)  # RefinerNet widths
+    channels: tuple[int, int, int, int] = (32, 64, 96, 128)  # RefinerNet widths
 
 
 @dataclass
