@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Add the refiner of look-alike characters (0 / O / o) to the shipped default OCR bundle.
 # About 230k generated captchas in which each character is one of the group with probability 0.3 (~10 min), crops
-# collected by the default model (~5 min), 5 epochs of a small CNN (~80 min on a 2-core CPU); then gated on the
-# development sets (seeds 8001-8005: no set may lose more than 0.3 pt) before it replaces the shipped bundle.
+# collected by the default model (~5 min), 5 epochs of a small CNN (~45 min on a 2-core CPU); then gated on the
+# development sets (seeds 8001-8005: no set may lose more than 0.3 pt) before it replaces the shipped bundle, and
+# made int8 (scripts/quantize-default-ocr-refiner.py, its own gate).
 set -euo pipefail
 DATA=${DATA:-data/ocr-refiner}
 RUN=${RUN:-runs/ocr-default}  # named like the shipped bundle: the manifest takes the folder's name
@@ -17,3 +18,4 @@ $cl ocr refine src/captchalab/assets/ocr-default "$DATA" --out "$RUN" --chars 0O
     --data-statement "$STATEMENT"
 python benchmarks/ocr_refiner_dev.py --model "$RUN"
 rm -rf src/captchalab/assets/ocr-default && cp -r "$RUN" src/captchalab/assets/ocr-default
+python scripts/quantize-default-ocr-refiner.py  # int8 refiner, gated on the development sets; fp32 kept beside it

@@ -90,6 +90,10 @@ def test_refine_cli_writes_a_bundle_the_reader_uses(look_alike_data: Path, tmp_p
     refiner = manifest["refiner"]
     assert refiner["chars"] == "0O" and refiner["parity"]["mismatches"] == 0
     assert refiner["training"]["options"]["channels"] == [8, 16, 16, 24]
+    # the default's int8 refiner keeps its fp32 original beside it; a new refiner replaces both
+    assert (Path(OcrReader("default").bundle.path) / "refiner.fp32.onnx").is_file()
+    assert not (out / "refiner.fp32.onnx").exists() and "refiner.fp32.onnx" not in manifest["sha256"]
+    assert "quantization" not in refiner
     assert refiner["main_weight"] in (0.0, 0.25, 0.5, 1.0, 2.0)
     crops = refiner["training"]["crops"]
     assert crops["train"] > 100 and crops["per_class"]["0"] > 0 and crops["per_class"]["O"] > 0

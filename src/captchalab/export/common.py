@@ -32,8 +32,8 @@ def quantize_int8(fp32: Path, out: Path, input_name: str, calibration: np.ndarra
 # Every file an export, refine or calibrate writes into a bundle: an earlier bundle holding anything else holds the
 # user's own files, which replacing the bundle would delete.
 BUNDLE_FILES = frozenset(
-    (MANIFEST, "model.onnx", "model.fp32.onnx", "refiner.onnx", "image.onnx", "text.onnx", "vocab.txt",
-     "pictures.npz", "weights.safetensors")
+    (MANIFEST, "model.onnx", "model.fp32.onnx", "refiner.onnx", "refiner.fp32.onnx", "image.onnx", "text.onnx",
+     "vocab.txt", "pictures.npz", "weights.safetensors")
 )  # fmt: skip
 
 

@@ -18,6 +18,7 @@ from captchalab.runtime.ocr_refine import RefineSpec
 
 log = logging.getLogger(__name__)
 REFINER_FILE = "refiner.onnx"
+REFINER_FP32_FILE = "refiner.fp32.onnx"  # an int8 refiner's fp32 original (scripts/quantize-default-ocr-refiner.py)
 
 
 def check_refinable(source: str | Path, out: str | Path) -> Bundle:
@@ -45,7 +46,7 @@ def export_refined_bundle(
     work = make_work_folder(out)
     try:
         for file in bundle.path.iterdir():
-            if file.is_file() and file.name not in (MANIFEST, REFINER_FILE):
+            if file.is_file() and file.name not in (MANIFEST, REFINER_FILE, REFINER_FP32_FILE):
                 shutil.copy2(file, work / file.name)
         target = work / REFINER_FILE
         x = torch.from_numpy(spec.normalize(parity_crops))
@@ -67,7 +68,8 @@ def export_refined_bundle(
         manifest = dict(bundle.manifest)
         manifest["name"] = out.name
         manifest["files"] = {**manifest["files"], "refiner": REFINER_FILE}
-        manifest["sha256"] = {**manifest.get("sha256", {}), REFINER_FILE: sha256_file(target)}
+        hashes = {k: v for k, v in manifest.get("sha256", {}).items() if k != REFINER_FP32_FILE}
+        manifest["sha256"] = {**hashes, REFINER_FILE: sha256_file(target)}
         parity = {"crops": len(x), "mismatches": 0, "max_abs_logit_diff": max_diff}
         manifest["refiner"] = {**spec.to_dict(), "training": training, "parity": parity}
         install_bundle(work, out, manifest)
