@@ -22,6 +22,13 @@ from captchalab.ocr import OcrReader
 MAX_LOSS = 0.003
 
 
+def only_o_zero(texts: list[str], labels: list[str]) -> int:
+    """Misread captchas whose every mistake is an O read as 0 or a 0 read as O (case-insensitively)."""
+    fold = str.maketrans("o", "0")
+    pairs = [(t.lower(), y.lower()) for t, y in zip(texts, labels)]
+    return sum(t != y and t.translate(fold) == y.translate(fold) for t, y in pairs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
@@ -35,11 +42,12 @@ def main() -> None:
     rows, worst = {}, 0.0
     for name, (config, _) in SETS.items():
         images, labels = png_set(dataclasses.replace(config, seed=config.seed - 1000), args.count)
-        with_it, without = (
-            ocr_report([r.text for r in reader.read_batch(images, 256, workers=2)], labels, False)["exact_accuracy"]
-            for reader in (refined, plain)
-        )
-        rows[name] = {"seed": config.seed - 1000, "images": len(labels), "refined": with_it, "no_refiner": without}
+        texts = {k: [r.text for r in reader.read_batch(images, 256, workers=2)] for k, reader in
+                 (("refined", refined), ("no_refiner", plain))}  # fmt: skip
+        with_it, without = (ocr_report(texts[k], labels, False)["exact_accuracy"] for k in ("refined", "no_refiner"))
+        rows[name] = {"seed": config.seed - 1000, "images": len(labels), "refined": with_it, "no_refiner": without,
+                      "misread": {k: sum(t.lower() != y.lower() for t, y in zip(v, labels)) for k, v in texts.items()},
+                      "misread_only_O_0": {k: only_o_zero(v, labels) for k, v in texts.items()}}  # fmt: skip
         worst = min(worst, with_it - without)
         print(f"{name:38s} no refiner {without:.4f}   refined {with_it:.4f}   ({(with_it - without) * 100:+.2f} pt)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
