@@ -9,12 +9,11 @@ the gate for putting a refiner into the default bundle (scripts/train-default-oc
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from ocr import SETS, png_set
+from ocr import development_sets
 
 from captchalab.evaluation import ocr_report
 from captchalab.ocr import OcrReader
@@ -40,12 +39,11 @@ def main() -> None:
         sys.exit(f"{args.model}: this bundle has no refiner")
     plain = OcrReader(args.model, threads=1, case_sensitive=False, refine=False)
     rows, worst = {}, 0.0
-    for name, (config, _) in SETS.items():
-        images, labels = png_set(dataclasses.replace(config, seed=config.seed - 1000), args.count)
+    for name, images, labels in development_sets(args.count):
         texts = {k: [r.text for r in reader.read_batch(images, 256, workers=2)] for k, reader in
                  (("refined", refined), ("no_refiner", plain))}  # fmt: skip
         with_it, without = (ocr_report(texts[k], labels, False)["exact_accuracy"] for k in ("refined", "no_refiner"))
-        rows[name] = {"seed": config.seed - 1000, "images": len(labels), "refined": with_it, "no_refiner": without,
+        rows[name] = {"images": len(labels), "refined": with_it, "no_refiner": without,
                       "misread": {k: sum(t.lower() != y.lower() for t, y in zip(v, labels)) for k, v in texts.items()},
                       "misread_only_O_0": {k: only_o_zero(v, labels) for k, v in texts.items()}}  # fmt: skip
         worst = min(worst, with_it - without)

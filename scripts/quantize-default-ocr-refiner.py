@@ -12,26 +12,25 @@ within 0.3 points of the one with the fp32 refiner on every set, or nothing is w
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
-from ocr import SETS, png_set  # noqa: E402
+from ocr import int8_gate  # noqa: E402
 
 from captchalab.data.charset import parse_charset_spec  # noqa: E402
 from captchalab.data.generate import GenerateConfig, iter_samples  # noqa: E402
-from captchalab.evaluation import ocr_report  # noqa: E402
 from captchalab.export.common import install_bundle, quantize_int8  # noqa: E402
 from captchalab.export.ocr_refine import REFINER_FILE, REFINER_FP32_FILE  # noqa: E402
 from captchalab.ocr import OcrReader  # noqa: E402
-from captchalab.runtime.bundle import sha256_file  # noqa: E402
+from captchalab.runtime.bundle import onnx_session, sha256_file  # noqa: E402
 from captchalab.runtime.ocr_refine import RefineSpec  # noqa: E402
 from captchalab.training.ocr_refine import collect_crops  # noqa: E402
 
@@ -50,6 +49,18 @@ def calibration_crops(bundle: Path, spec: RefineSpec, folder: Path) -> np.ndarra
             image.save(folder / f"{k}{i:05d}-{label}.png")
     crops = collect_crops(bundle, folder, spec).images
     return spec.normalize(crops)[np.random.default_rng(0).permutation(len(crops))]
+
+
+def ms_per_crop(model: Path, crops: np.ndarray, rounds: int = 40) -> float:
+    """Median milliseconds per crop of ``model`` on one thread, batches of 32 crops."""
+    session, batch = onnx_session(model, threads=1), crops[:32]
+    session.run(None, {"crop": batch})
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        session.run(None, {"crop": batch})
+        times.append(time.perf_counter() - started)
+    return round(float(np.median(times)) * 1000 / len(batch), 3)
 
 
 def main() -> None:
@@ -73,16 +84,10 @@ def main() -> None:
         readers = {"fp32": OcrReader(work, threads=1, case_sensitive=False)}
         (work / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
         readers["int8"] = OcrReader(work, threads=1, case_sensitive=False)
-        report = {}
-        for name, (config, _) in SETS.items():
-            images, labels = png_set(dataclasses.replace(config, seed=config.seed - 1000), 2000)
-            texts = {k: [r.text for r in reader.read_batch(images, 256, workers=2)] for k, reader in readers.items()}
-            row = {k: ocr_report(v, labels, False)["exact_accuracy"] for k, v in texts.items()}
-            row["agreement"] = float(np.mean([a == b for a, b in zip(texts["fp32"], texts["int8"])]))
-            report[name] = row
-            print(f"{name:38s} fp32 refiner {row['fp32']:.4f}  int8 {row['int8']:.4f}  agree {row['agreement']:.4f}")
-            if row["fp32"] - row["int8"] > MAX_DROP:
-                raise SystemExit(f"int8 refused: {name} falls from {row['fp32']:.4f} to {row['int8']:.4f}")
+        report = int8_gate(readers, 2000, MAX_DROP)
+        files = {"fp32": REFINER_FP32_FILE, "int8": REFINER_FILE}
+        speed = {k: ms_per_crop(work / f, calibration) for k, f in files.items()}
+        print(f"ms per crop, one thread: fp32 {speed['fp32']}, int8 {speed['int8']}")
         manifest["sha256"] = {**manifest["sha256"], REFINER_FILE: sha256_file(work / REFINER_FILE),
                               REFINER_FP32_FILE: sha256_file(work / REFINER_FP32_FILE)}  # fmt: skip
         manifest["refiner"]["quantization"] = {
@@ -92,6 +97,7 @@ def main() -> None:
             "seeds 7001-7004 with --favour 0Oo:0.3",
             "development_sets": "2,000 captchas each, seeds 8001-8005, read case-insensitively, charset auto",
             "accuracy": report,
+            "ms_per_crop_one_thread": speed,
             "command": "python scripts/quantize-default-ocr-refiner.py",
         }
         install_bundle(work, bundle, manifest)

@@ -21,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
+from ocr import int8_gate  # noqa: E402
+
 from captchalab.data.charset import parse_charset_spec  # noqa: E402
 from captchalab.data.generate import GenerateConfig, iter_samples  # noqa: E402
 from captchalab.export.common import install_bundle, quantize_int8  # noqa: E402
@@ -33,13 +36,6 @@ from captchalab.runtime.ocr import OcrReader  # noqa: E402
 CALIBRATION = [("lower+digits", 4, 4, "captcha", 7001, 120), ("upper+digits", 4, 4, "captcha", 7002, 100),
                ("alnum", 4, 6, "captcha", 7003, 160), ("lower+digits", 5, 6, "captcha", 7004, 60),
                ("alnum", 4, 6, "builtin", 7005, 72)]  # fmt: skip
-DEVELOPMENT = {
-    "4 chars a-z0-9": ("lower+digits", 4, 4, "captcha", 8001),
-    "4 chars A-Z0-9": ("upper+digits", 4, 4, "captcha", 8002),
-    "5-6 chars a-z0-9": ("lower+digits", 5, 6, "captcha", 8003),
-    "4-6 chars a-zA-Z0-9": ("alnum", 4, 6, "captcha", 8004),
-    "builtin 4-6 chars a-zA-Z0-9": ("alnum", 4, 6, "builtin", 8005),
-}
 MAX_DROP = 0.005
 
 
@@ -60,28 +56,19 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix=".bundle-", dir=args.bundle.parent))
     try:
+        for file in args.bundle.iterdir():  # the refiner and anything else of the bundle stay as they are
+            if file.is_file() and file.name not in ("model.onnx", "model.fp32.onnx"):
+                shutil.copy2(file, work / file.name)
         shutil.copy2(fp32, work / "model.fp32.onnx")
         quantize_int8(work / "model.fp32.onnx", work / "model.onnx", manifest["input"]["name"], calibration)
-        reference = dict(manifest, files={"model": "model.fp32.onnx"})
+        reference = dict(manifest, files={**manifest["files"], "model": "model.fp32.onnx"})
         (work / "manifest.json").write_text(json.dumps(reference), encoding="utf-8")
         readers = {"fp32": OcrReader(work, case_sensitive=False)}
         (work / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
         readers["int8"] = OcrReader(work, case_sensitive=False)
-        report = {}
-        for name, (spec, low, high, style, seed) in DEVELOPMENT.items():
-            samples = list(
-                iter_samples(GenerateConfig(parse_charset_spec(spec), low, high, style=style, seed=seed), args.count)
-            )
-            images, labels = [image for _, image in samples], [label.lower() for label, _ in samples]
-            texts = {k: [r.text for r in reader.read_batch(images, 256, workers=2)] for k, reader in readers.items()}
-            row = {k: float(np.mean([t == y for t, y in zip(v, labels)])) for k, v in texts.items()}
-            row["agreement"] = float(np.mean([a == b for a, b in zip(texts["fp32"], texts["int8"])]))
-            report[name] = row
-            print(f"{name:30s} fp32 {row['fp32']:.4f}  int8 {row['int8']:.4f}  agreement {row['agreement']:.4f}")
-            if row["fp32"] - row["int8"] > MAX_DROP:
-                raise SystemExit(f"int8 refused: {name} falls from {row['fp32']:.4f} to {row['int8']:.4f}")
+        report = int8_gate(readers, args.count, MAX_DROP)
         manifest["precision"] = "int8"
-        manifest["sha256"] = {"model.onnx": sha256_file(work / "model.onnx"),
+        manifest["sha256"] = {**manifest.get("sha256", {}), "model.onnx": sha256_file(work / "model.onnx"),
                               "model.fp32.onnx": sha256_file(work / "model.fp32.onnx")}  # fmt: skip
         manifest["quantization"] = {
             "from": "model.fp32.onnx (the fp32 export, kept in the bundle)",
