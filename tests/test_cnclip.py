@@ -6,6 +6,8 @@ import logging
 import pickle
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import lmdb
@@ -337,6 +339,46 @@ def test_bad_lmdb_pair_is_refused_without_running_code(cells, tmp_path, value):
         txn.put(b"0", value)
     env.close()
     assert "pair 0" in _raises(pairs, lambda: read_lmdb_split(tmp_path / "ds" / "lmdb" / "valid"))
+
+
+def _read_lmdb_in_child(split_dir: Path) -> subprocess.CompletedProcess:
+    """read_lmdb_split in a child process: a regression that lets LMDB touch a bad page kills only the child."""
+    code = (
+        "import sys\nfrom captchalab.data.cnclip import read_lmdb_split\n"
+        "from captchalab.errors import CaptchalabError\n"
+        "try:\n    read_lmdb_split(sys.argv[1])\nexcept CaptchalabError as exc:\n    sys.exit(f'refused: {exc}')\n"
+    )
+    return subprocess.run([sys.executable, "-c", code, str(split_dir)], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(("env", "keep"), [("imgs", 0.5), ("pairs", 0.99)])
+def test_truncated_lmdb_is_refused_before_it_is_mapped(cells, tmp_path, env, keep):
+    build_dataset(cells[0], tmp_path / "ds", lmdb=True)
+    split = tmp_path / "ds" / "lmdb" / "train"
+    data = split / env / "data.mdb"
+    size = data.stat().st_size
+    with data.open("r+b") as f:  # an interrupted copy: the meta pages are there, the last pages are not
+        f.truncate(int(size * keep))
+    done = _read_lmdb_in_child(split)
+    assert done.returncode == 1, done.stderr  # reading a page past the end is SIGBUS (-7) without the check
+    cut = int(size * keep)
+    assert done.stderr.strip() == f"refused: {data}: truncated ({cut} of at least {size} bytes); copy it again"
+
+
+def test_damaged_lmdb_page_is_one_line(cells, tmp_path):
+    build_dataset(cells[0], tmp_path / "ds", lmdb=True)
+    split = tmp_path / "ds" / "lmdb" / "train"
+    data = split / "imgs" / "data.mdb"
+    raw = bytearray(data.read_bytes())
+    env = lmdb.open(str(split / "imgs"), readonly=True, lock=False)
+    page = env.stat()["psize"]  # pages 0 and 1 are the meta pages
+    env.close()
+    for start in range(2 * page, len(raw), page):
+        raw[start + 10 : start + 12] = b"\x00\x00"  # page flags: no valid page type
+    data.write_bytes(bytes(raw))
+    done = _read_lmdb_in_child(split)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().startswith(f"refused: {split}: damaged LMDB (") and "\n" not in done.stderr.strip()
 
 
 def test_image_outside_a_label_folder(cells, tmp_path):

@@ -388,8 +388,15 @@ def read_split(dataset_dir: str | Path, split: str) -> list[Cell]:
 
 def read_lmdb_split(lmdb_split_dir: str | Path) -> list[Cell]:
     """The cells of one LMDB split folder (``imgs`` + ``pairs``), in pair order."""
+    import lmdb
+
     folder = _existing_folder(Path(lmdb_split_dir))
-    pairs_env, imgs_env = (_open_env(folder / name) for name in ("pairs", "imgs"))
+    pairs_env = _open_env(folder / "pairs")
+    try:
+        imgs_env = _open_env(folder / "imgs")
+    except CaptchalabError:
+        pairs_env.close()
+        raise
     try:
         with pairs_env.begin() as pairs, imgs_env.begin() as imgs:
             count = _count(pairs, b"num_samples", folder / "pairs")
@@ -403,6 +410,8 @@ def read_lmdb_split(lmdb_split_dir: str | Path) -> list[Cell]:
                         f"{folder / 'pairs'}: pair {index} names image {image_id}, which is not in {folder / 'imgs'}"
                     )
                 cells.append(Cell(image_id, text, _decode_b64(b64, f"{folder / 'imgs'}: image {image_id}")))
+    except lmdb.Error as exc:  # a damaged page (MDB_CORRUPTED, MDB_PAGE_NOTFOUND, ...)
+        raise CaptchalabError(f"{folder}: damaged LMDB ({exc})") from None
     finally:
         pairs_env.close()
         imgs_env.close()
@@ -565,9 +574,17 @@ def _open_env(path: Path) -> lmdb.Environment:
     if not path.is_dir():
         raise CaptchalabError(f"{path}: no such LMDB folder")
     try:
-        return lmdb.open(str(path), readonly=True, lock=False, create=False, readahead=False)
+        env = lmdb.open(str(path), readonly=True, lock=False, create=False, readahead=False)
     except lmdb.Error as exc:
         raise CaptchalabError(f"{path}: not a readable LMDB environment ({exc})") from None
+    # LMDB maps the file and trusts its meta page: reading a page past the end of a truncated file (an interrupted
+    # copy) kills the process with SIGBUS, so the file must hold every page the meta page says was written.
+    data = path / "data.mdb"
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    if data.is_file() and data.stat().st_size < needed:
+        env.close()
+        raise CaptchalabError(f"{data}: truncated ({data.stat().st_size} of at least {needed} bytes); copy it again")
+    return env
 
 
 def _count(txn: lmdb.Transaction, key: bytes, path: Path) -> int:
