@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -163,6 +164,39 @@ def test_train_cli_bad_options_one_line(tiny_data: Path, tmp_path: Path) -> None
     (tmp_path / "file").write_text("x", encoding="utf-8")
     result = run_cli("ocr", "train", str(tiny_data), "--out", str(tmp_path / "file"), check=False)
     assert result.returncode == 2 and "exists and is not a folder" in result.stderr_text
+
+
+def test_train_refuses_a_too_narrow_input_before_the_caches(tiny_data: Path, tmp_path: Path) -> None:
+    result = run_cli("ocr", "train", str(tiny_data), "--out", str(tmp_path / "r"), "--size", "8x16", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr_text
+    assert "gives 2 CTC steps, too few for labels of 4 characters" in result.stderr_text
+    assert "caching" not in result.stderr_text and not (tmp_path / "r").exists()
+
+
+def test_failed_new_run_leaves_no_split_behind(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for n in range(20):
+        (data / f"{n:05d}-{n:04d}.png").write_bytes(b"")
+    result = run_cli("ocr", "train", str(data), "--out", str(tmp_path / "r"), check=False)
+    assert result.returncode == 2 and "images could be read" in result.stderr_text
+    assert not (tmp_path / "r").exists()
+
+
+def test_new_run_removes_cache_files_it_does_not_use(tiny_data: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "run" / "cache"
+    cache.mkdir(parents=True)  # an earlier attempt killed while caching, at another size
+    stale = [cache / "train-0123456789abcdef.npy", cache / "train-0123456789abcdef.json",
+             cache / "valid-fedcba9876543210.npy.tmp.npy"]  # fmt: skip
+    for f in [*stale, cache / "notes.txt"]:
+        f.write_bytes(b"x")
+    run_cli("ocr", "train", str(tiny_data), "--out", str(tmp_path / "run"), "--max-epochs", "1", "--size", "48x16")
+    left = sorted(re.sub("-[0-9a-f]{16}", "", f.name) for f in cache.iterdir())
+    assert not any(f.exists() for f in stale)
+    assert left == [
+        "notes.txt",
+        *(f"{split}.{kind}" for split in ("test", "train", "valid") for kind in ("json", "npy")),
+    ]
 
 
 def test_resume_with_damaged_config(tiny_data: Path, tmp_path: Path) -> None:

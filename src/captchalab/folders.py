@@ -17,3 +17,9 @@ def make_folder(path: Path, what: str = "folder", hint: str = "") -> Path:
     except OSError as exc:
         raise CaptchalabError(f"{path}: cannot create the {what} ({exc.strerror or exc})") from None
     return path
+
+
+def rmdir_if_empty(folder: Path) -> None:
+    """Remove ``folder`` when it is an empty folder (not a link to one)."""
+    if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+        folder.rmdir()

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,22 @@ class CachedSplit:
     labels: list[str]
     keys: list[str]
     skipped: list[str]  # "file: problem" for images that could not be read
+    files: tuple[Path, ...] = ()  # the .npy and .json it was read from
+
+
+_CACHE_FILE = re.compile(r"[a-z]+-[0-9a-f]{16}(\.npy|\.json|\.npy\.tmp\.npy|\.json\.tmp)")
+
+
+def remove_other_caches(cache_dir: Path, in_use: list[CachedSplit]) -> None:
+    """Delete the cache files in ``cache_dir`` that none of ``in_use`` was read from: caches of earlier attempts with
+    other sizes or data, and half-written ones left by a killed run. They can be large and are never read again."""
+    keep = {f.name for split in in_use for f in split.files}
+    stale = [f for f in cache_dir.iterdir() if _CACHE_FILE.fullmatch(f.name) and f.name not in keep]
+    if stale:
+        size = sum(f.stat().st_size for f in stale)
+        for f in stale:
+            f.unlink(missing_ok=True)
+        log.info("removed %d cache files no longer used (%.1f MB) from %s", len(stale), size / 1e6, cache_dir)
 
 
 def _load_one(job: tuple[str, dict]) -> np.ndarray | str:
@@ -56,7 +73,9 @@ def build_cache(
     array_path, meta_path = stem.with_suffix(".npy"), stem.with_suffix(".json")
     if array_path.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        return CachedSplit(np.load(array_path, mmap_mode="r"), meta["labels"], meta["keys"], meta["skipped"])
+        return CachedSplit(
+            np.load(array_path, mmap_mode="r"), meta["labels"], meta["keys"], meta["skipped"], (array_path, meta_path)
+        )
 
     workers = workers or min(4, os.cpu_count() or 1)
     jobs = [(str(item.path), spec.to_dict()) for item in items]
@@ -98,4 +117,5 @@ def build_cache(
     tmp_meta = meta_path.with_suffix(".json.tmp")
     tmp_meta.write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp_meta, meta_path)
-    return CachedSplit(np.load(array_path, mmap_mode="r"), meta["labels"], meta["keys"], skipped)
+    files = (array_path, meta_path)
+    return CachedSplit(np.load(array_path, mmap_mode="r"), meta["labels"], meta["keys"], skipped, files)

@@ -37,6 +37,7 @@ from PIL import Image
 
 from captchalab.data.split import SPLITS, check_ratios
 from captchalab.errors import CaptchalabError
+from captchalab.folders import rmdir_if_empty
 from captchalab.imaging import IMAGE_SUFFIXES, load_image
 from captchalab.progress import track
 
@@ -287,12 +288,6 @@ def _remove_old_lmdb(out: Path) -> None:
             rmdir_if_empty(out / "lmdb" / split / env)
         rmdir_if_empty(out / "lmdb" / split)
     rmdir_if_empty(out / "lmdb")
-
-
-def rmdir_if_empty(folder: Path) -> None:
-    """Remove ``folder`` when it is an empty folder (not a link to one)."""
-    if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
-        folder.rmdir()
 
 
 def _write_split(

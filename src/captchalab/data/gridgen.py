@@ -29,8 +29,9 @@ import numpy as np
 from PIL import Image
 
 from captchalab.data.cellstyle import render_cell, render_photo_cell
-from captchalab.data.cnclip import label_folders, rmdir_if_empty
+from captchalab.data.cnclip import label_folders
 from captchalab.errors import CaptchalabError
+from captchalab.folders import rmdir_if_empty
 from captchalab.imaging import load_image
 from captchalab.progress import track
 

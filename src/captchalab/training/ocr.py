@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from captchalab.data.cache import CachedSplit, build_cache
+from captchalab.data.cache import CachedSplit, build_cache, remove_other_caches
 from captchalab.data.charset import Charset
 from captchalab.data.labels import read_labelled_images
 from captchalab.data.split import read_split, split_keys, write_split
 from captchalab.errors import CaptchalabError
 from captchalab.evaluation import ocr_report
-from captchalab.folders import make_folder
+from captchalab.folders import make_folder, rmdir_if_empty
 from captchalab.imaging import Preprocess
 from captchalab.models import OCR_ARCHS, create_ocr_model, model_config_dict
 from captchalab.progress import track
@@ -148,8 +148,11 @@ def predict_cached(
     return texts
 
 
-def _prepare(data: Path, run: Path, opts: OcrTrainOptions, reuse_split: bool) -> tuple[dict, dict[str, CachedSplit]]:
-    """Read labels, fix the charset, the split and the caches; returns the run config and cached splits."""
+def _prepare(
+    data: Path, run: Path, opts: OcrTrainOptions, reuse_split: bool, owner: bool = True
+) -> tuple[dict, dict[str, CachedSplit]]:
+    """Read labels, fix the charset, the split and the caches; returns the run config and cached splits. The
+    ``owner`` (rank 0) removes the run's cache files that this split and input size do not use."""
     items = read_labelled_images(data, opts.case_sensitive)
     charset = Charset(opts.charset) if opts.charset else Charset.from_labels(i.label for i in items)
     for item in items:
@@ -157,6 +160,12 @@ def _prepare(data: Path, run: Path, opts: OcrTrainOptions, reuse_split: bool) ->
             raise CaptchalabError(
                 f"{item.path}: label {item.label!r} has characters outside the charset: {charset.unknown(item.label)!r}"
             )
+    _, _, decoder, (dh, dw, dc) = OCR_ARCHS[opts.arch]
+    preprocess = Preprocess(opts.height or dh, opts.width or dw, opts.channels or dc)
+    # an input too narrow for the labels is refused before the split and the (slow) caches are written
+    longest = max(len(i.label) for i in items)
+    _build_model({"arch": opts.arch, "decoder": decoder, "preprocess": preprocess.to_dict(),
+                  "charset": charset.chars, "max_length": longest}, opts.model)  # fmt: skip
     split_file = run / "split.json"
     if reuse_split and split_file.exists():
         split = read_split(split_file)
@@ -164,8 +173,6 @@ def _prepare(data: Path, run: Path, opts: OcrTrainOptions, reuse_split: bool) ->
         split = split_keys([i.key for i in items], opts.ratios, opts.seed)
         write_split(split_file, split, opts.seed, opts.ratios)
 
-    _, _, decoder, (dh, dw, dc) = OCR_ARCHS[opts.arch]
-    preprocess = Preprocess(opts.height or dh, opts.width or dw, opts.channels or dc)
     by_key = {i.key: i for i in items}
     missing = [k for keys in split.values() for k in keys if k not in by_key]
     if missing:
@@ -174,6 +181,8 @@ def _prepare(data: Path, run: Path, opts: OcrTrainOptions, reuse_split: bool) ->
         name: build_cache([by_key[k] for k in keys], preprocess, run / "cache", name, opts.workers)
         for name, keys in split.items()
     }
+    if owner:
+        remove_other_caches(run / "cache", list(caches.values()))
     skipped = [s for c in caches.values() for s in c.skipped]
     if skipped:
         log.warning(
@@ -243,12 +252,20 @@ def train_ocr(
     opts.check()
     ctx = distributed.setup(opts.device)
     torch.manual_seed(opts.seed)
+    fresh = not run.exists()
     make_folder(run, "run folder", hint="; pick another --out")
 
     # Rank 0 writes the split and the cache first; other ranks then reuse both (no two writers on one file).
     if not ctx.is_main:
         distributed.barrier(ctx)
-    config, caches = _prepare(Path(data), run, opts, reuse_split=resume or not ctx.is_main)
+    try:
+        config, caches = _prepare(Path(data), run, opts, reuse_split=resume or not ctx.is_main, owner=ctx.is_main)
+    except CaptchalabError:  # bad data: a new run leaves no split behind (finished caches stay for the next try)
+        if fresh and ctx.is_main:
+            (run / "split.json").unlink(missing_ok=True)
+            rmdir_if_empty(run / "cache")
+            rmdir_if_empty(run)
+        raise
     if ctx.is_main:
         distributed.barrier(ctx)
     model = _build_model(config, opts.model).to(ctx.device)
