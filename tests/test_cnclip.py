@@ -175,12 +175,13 @@ def test_unreadable_images_are_skipped_with_one_warning(cells, tmp_path, caplog)
     root, originals = cells
     (root / "猫" / "bad.png").write_bytes(b"not an image at all")
     (root / "狗" / "empty.jpg").write_bytes(b"")
+    (root / "狗" / "lost.png").symlink_to(tmp_path / "moved-away.png")
     with caplog.at_level(logging.WARNING, logger="captchalab.data.cnclip"):
         summary = build_dataset(root, tmp_path / "ds")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert "bad.png" in warnings[0].getMessage() and "empty.jpg" in warnings[0].getMessage()
-    assert summary["skipped"] == ["狗/empty.jpg", "猫/bad.png"]
+    assert all(name in warnings[0].getMessage() for name in ("bad.png", "empty.jpg", "lost.png"))
+    assert summary["skipped"] == ["狗/empty.jpg", "狗/lost.png", "猫/bad.png"]
     got = [c.image_bytes for split in SPLITS for c in read_split(tmp_path / "ds", split)]
     assert sorted(got) == sorted(originals)
 

@@ -34,6 +34,13 @@ def test_predict_empty_folder_reports_and_goes_on(few: Path, tmp_path: Path) -> 
     assert "Traceback" not in result.stderr_text
 
 
+def test_predict_folder_reports_a_broken_link(few: Path) -> None:
+    (few / "00000-lost.png").symlink_to(few / "moved-away.png")
+    result = run_cli("ocr", "predict", str(few), check=False)
+    assert result.returncode == 2 and len(result.stdout_text.splitlines()) == 3
+    assert result.stderr_text.strip() == f"error: {few / '00000-lost.png'}: broken symbolic link"
+
+
 def test_predict_stdin_named_and_read_once(few: Path) -> None:
     result = run_cli("ocr", "predict", "-", input=b"hello", check=False)
     assert result.returncode == 2 and "<stdin>:" in result.stderr_text and "<bytes>" not in result.stderr_text

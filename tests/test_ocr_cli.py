@@ -136,9 +136,11 @@ def test_corrupt_training_images_are_skipped_with_one_warning(tiny_data: Path, t
         (data / path.name).write_bytes(path.read_bytes())
     (data / "99990-123.png").write_bytes(b"")
     (data / "99991-456.png").write_bytes(b"garbage")
+    (data / "99992-789.png").symlink_to(tmp_path / "moved-away.png")
     result = run_cli("ocr", "train", str(data), "--out", str(tmp_path / "run"), "--max-epochs", "1", "--size", "48x16")
-    warnings = [line for line in result.stderr_text.splitlines() if "skipped 2 unreadable" in line]
-    assert len(warnings) == 1 and "99990-123.png" in warnings[0] and "99991-456.png" in warnings[0]
+    warnings = [line for line in result.stderr_text.splitlines() if "skipped 3 unreadable" in line]
+    assert len(warnings) == 1 and all(f"{n}.png" in warnings[0] for n in ("99990-123", "99991-456", "99992-789"))
+    assert "99992-789.png: broken symbolic link" in warnings[0]
 
 
 @pytest.mark.slow

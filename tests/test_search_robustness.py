@@ -156,10 +156,14 @@ def test_scan_takes_regular_files_and_lists_folders_it_cannot_enter(tmp_path, pi
             raise PermissionError(13, "Permission denied")
         return real_scandir(path)
 
+    (pictures / "gone.png").symlink_to(pictures / "deleted.png")
+    (pictures / "loop.png").symlink_to(pictures / "loop.png")
     monkeypatch.setattr(scan_mod.os, "scandir", scandir)
     scan = scan_images(pictures)
     assert len(scan.files) == 8 and not any("pipe" in f.path or "hidden" in f.path for f in scan.files)
-    assert scan.skipped == [f"{pictures / 'locked'}: cannot list the folder (Permission denied)",
+    assert scan.skipped == [f"{pictures / 'gone.png'}: broken symbolic link (No such file or directory)",
+                            f"{pictures / 'locked'}: cannot list the folder (Permission denied)",
+                            f"{pictures / 'loop.png'}: broken symbolic link (Too many levels of symbolic links)",
                             f"{pictures / 'pipe.png'}: not a regular file"]  # fmt: skip
     embedder = PixelEmbedder()
     report = ImageIndex.open(tmp_path / "idx", embedder, create=True).update(pictures, embedder)

@@ -25,6 +25,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".ti
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
 
+def image_paths(folder: Path) -> list[Path]:
+    """Files under ``folder`` (recursive) named like images, sorted. Broken links are included, so that reading
+    them reports the problem instead of the file silently going missing."""
+    named = (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in named if p.is_file() or p.is_symlink())
+
+
 def _not_a_file(path: Path) -> str:
     """Why ``path`` is not a readable file, in a few words."""
     if path.is_symlink():

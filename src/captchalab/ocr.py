@@ -45,7 +45,8 @@ def load_reader(  # noqa: ANN201
 
 
 def image_files(folder: str | os.PathLike) -> tuple[list[Path], list[str]]:
-    """The images under ``folder`` (sorted, recursive) and one message per sub-folder that could not be listed."""
+    """The images under ``folder`` (sorted, recursive) and one message per sub-folder that could not be listed. A
+    broken link named like an image is listed too, so that reading it reports the problem."""
     problems: list[str] = []
 
     def note(exc: OSError) -> None:
@@ -55,9 +56,13 @@ def image_files(folder: str | os.PathLike) -> tuple[list[Path], list[str]]:
         Path(root) / name
         for root, _dirs, names in os.walk(folder, onerror=note)
         for name in names
-        if Path(name).suffix.lower() in IMAGE_SUFFIXES and (Path(root) / name).is_file()
+        if Path(name).suffix.lower() in IMAGE_SUFFIXES and _file_or_link(Path(root) / name)
     ]
     return sorted(files), problems
+
+
+def _file_or_link(path: Path) -> bool:
+    return path.is_file() or path.is_symlink()
 
 
 def expand_paths(

@@ -38,7 +38,7 @@ from PIL import Image
 from captchalab.data.split import SPLITS, check_ratios
 from captchalab.errors import CaptchalabError
 from captchalab.folders import rmdir_if_empty
-from captchalab.imaging import IMAGE_SUFFIXES, load_image
+from captchalab.imaging import IMAGE_SUFFIXES, image_paths, load_image
 from captchalab.progress import track
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ def label_folders(root: Path) -> list[tuple[str, list[Path]]]:
     for folder in folders:
         if not folder.name.strip():
             raise CaptchalabError(f"{folder}: label folder name is blank; name each folder after its label")
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_paths(folder)
         if not files:
             raise CaptchalabError(f"{folder}: label folder has no images ({', '.join(IMAGE_SUFFIXES)})")
         found.append((unicodedata.normalize("NFC", folder.name), files))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captchalab.errors import CaptchalabError
-from captchalab.imaging import IMAGE_SUFFIXES
+from captchalab.imaging import IMAGE_SUFFIXES, image_paths
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ def label_from_filename(name: str) -> str:
 
 
 def _from_folder(root: Path) -> list[LabelledImage]:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_paths(root)
     items = []
     for path in files:
         label = label_from_filename(path.name)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from captchalab.data.split import check_ratios
 from captchalab.errors import CaptchalabError
-from captchalab.imaging import IMAGE_SUFFIXES, MAX_PIXELS, load_image
+from captchalab.imaging import MAX_PIXELS, image_paths, load_image
 from captchalab.progress import track
 
 log = logging.getLogger(__name__)
@@ -26,10 +26,6 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 WRITABLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")  # others are written as PNG
 HISTOGRAM_CHUNK = 1 << 20  # pixels counted at once
-
-
-def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _split_counts(n: int, ratios: tuple[float, float, float]) -> tuple[int, int, int]:
@@ -85,7 +81,7 @@ def split_class_folders(
         raise CaptchalabError(f"{out}: already exists and is not empty; choose a new output folder")
     if out.resolve().is_relative_to(class_dir.resolve()):
         raise CaptchalabError(f"{out}: the output folder must not be inside the class folder {class_dir}")
-    classes = {d.name: _images_under(d) for d in sorted(class_dir.iterdir()) if d.is_dir()}
+    classes = {d.name: image_paths(d) for d in sorted(class_dir.iterdir()) if d.is_dir()}
     if not any(classes.values()):
         raise CaptchalabError(f"{class_dir}: no class sub-folders with images found")
     plan: list[tuple[Path, str, str, str]] = []  # (source, split, class, relative destination)
@@ -184,7 +180,7 @@ def compute_channel_stats(folder: str | os.PathLike) -> ChannelStats:
     folder = Path(folder)
     if not folder.is_dir():
         raise CaptchalabError(f"{folder}: no such folder")
-    files = _images_under(folder)
+    files = image_paths(folder)
     histogram = np.zeros((3, 256), dtype=np.int64)
     skipped: list[str] = []
     images = 0

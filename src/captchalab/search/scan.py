@@ -54,8 +54,10 @@ def scan_images(root: Path, exclude: Iterable[Path] = ()) -> Scan:
             elif entry.name.lower().endswith(IMAGE_SUFFIXES):
                 try:
                     info = entry.stat()
-                except OSError:
-                    continue  # vanished, or a dangling link
+                except OSError as exc:
+                    if entry.is_symlink():  # else it vanished since the listing: nothing to report
+                        skipped.append(f"{entry.path}: broken symbolic link ({exc.strerror or exc})")
+                    continue
                 if not stat.S_ISREG(info.st_mode):
                     skipped.append(f"{entry.path}: not a regular file")
                     continue
