@@ -150,3 +150,81 @@ def test_favour_draws_the_group_more_often_and_is_seeded():
     assert 0.55 < share < 0.8  # 0.6 + 0.4 x 2/12 expected; 2/12 without favour
     plain = [t for t, _ in iter_samples(GenerateConfig("ABCDEFGHIJ0O", 4, 4, seed=3), 200)]
     assert sum(c in "0O" for t in plain for c in t) / 800 < 0.25
+
+
+# ------------------------------------------------------------------------------------------------ interrupted runs
+def _tiny_crops(n: int = 192):
+    from captchalab.training.ocr_refine import Crops
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, n)
+    images = (rng.random((n, 16, 12)) * 80 + labels[:, None, None] * 120).astype(np.uint8)  # learnable: brightness
+    return Crops(images, labels.astype(np.int64), np.zeros((n, 2), np.float32))
+
+
+def test_refiner_resumed_after_an_interruption_ends_as_if_never_stopped(tmp_path: Path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from captchalab.training import ocr_refine as training
+
+    crops, spec = _tiny_crops(), RefineSpec("0O", height=16, width=12)
+    opts = training.RefineOptions(chars="0O", epochs=3, batch_size=32, channels=(4, 4, 4, 4), device="cpu")
+    train, valid = training.split_crops(crops, 0.2, 0)
+    straight, _, report = training.train_refiner(crops, spec, opts, train, valid)
+
+    state, saves = tmp_path / "state.pt", []
+    real_save = training.save_torch
+
+    def save_then_die(obj, path):  # noqa: ANN001, ANN202 - the process is killed right after epoch 2 is saved
+        real_save(obj, path)
+        saves.append(obj["epoch"])
+        if obj["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_torch", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_refiner(crops, spec, opts, train, valid, state_file=state)
+    monkeypatch.setattr(training, "save_torch", real_save)
+    resumed, _, resumed_report = training.train_refiner(crops, spec, opts, train, valid, state_file=state)
+    assert saves == [1, 2]
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert [h["valid_accuracy"] for h in resumed_report["history"]] == [h["valid_accuracy"] for h in report["history"]]
+    # resumed once more after the last epoch (e.g. the export failed): the same model, no epoch run again
+    again, _, again_report = training.train_refiner(crops, spec, opts, train, valid, state_file=state)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), resumed.state_dict().values()))
+    assert again_report["valid_accuracy"] == resumed_report["valid_accuracy"]
+
+
+def test_refine_cli_resumes_after_kill_9(look_alike_data: Path, tmp_path: Path):
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import CLI
+
+    out = tmp_path / "refined"
+    work = tmp_path / "refined.refining"
+    args = ["ocr", "refine", "default", str(look_alike_data), "--out", str(out), "--epochs", "40", "--chars", "0O",
+            "--channels", "4,4,4,4", "--batch-size", "64"]  # fmt: skip
+    process = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (work / "state.pt").exists():
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (work / "state.pt").exists() and not out.exists(), "the run ended before it could be killed"
+
+    again = run_cli(*args, check=False)  # the same command without --resume: refused, nothing lost
+    assert again.returncode == 2 and "add --resume to continue it" in again.stderr_text
+    changed = run_cli(*args[:-2], "--batch-size", "32", "--resume", check=False)
+    assert changed.returncode == 2 and "differs in --batch-size" in changed.stderr_text
+    done = run_cli(*args, "--resume")
+    assert "resuming the refiner after epoch" in done.stderr_text
+    history = json.loads((out / "manifest.json").read_text())["refiner"]["training"]["history"]
+    assert [h["epoch"] for h in history] == list(range(40)) and not work.exists()
+
+
+def test_refine_resume_with_nothing_to_resume(look_alike_data: Path, tmp_path: Path):
+    done = run_cli("ocr", "refine", "default", str(look_alike_data), "--out", str(tmp_path / "b"), "--resume",
+                   check=False)  # fmt: skip
+    assert done.returncode == 2 and "nothing to resume" in done.stderr_text

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
 import typer
 
 from captchalab.errors import CaptchalabError
+from captchalab.folders import make_folder
 
 app = typer.Typer(help="Text captchas: generate data, train, export, evaluate, read.", no_args_is_help=True)
 
@@ -178,12 +180,26 @@ def refine(
         "32,64,96,128", help="Widths of the classifier's four convolution stages (16,32,64,96 trains ~4x faster)."
     ),
     data_statement: str | None = typer.Option(None, help="What DATA is (how it was made), for the manifest."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted run of this same command from its last finished epoch."
+    ),
 ) -> None:
-    """Teach a bundle a second look at look-alike characters (such as O and 0) on full-resolution crops."""
+    """Teach a bundle a second look at look-alike characters (such as O and 0) on full-resolution crops.
+
+    Work in progress is kept in OUT.refining/ until the bundle is written."""
     _need_torch("ocr refine")
     from captchalab.export.ocr_refine import check_refinable, export_refined_bundle
     from captchalab.runtime.ocr_refine import RefineSpec
-    from captchalab.training.ocr_refine import RefineOptions, collect_crops, split_crops, train_refiner
+    from captchalab.training.checkpoint import write_json
+    from captchalab.training.ocr_refine import (
+        RefineOptions,
+        collect_crops,
+        load_crops,
+        progress_folder,
+        save_crops,
+        split_crops,
+        train_refiner,
+    )
 
     group = "".join(dict.fromkeys(chars))
     if len(group) < 2:
@@ -195,18 +211,51 @@ def refine(
     opts = RefineOptions(chars=group, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                          channels=widths)  # fmt: skip
     spec = RefineSpec(group, opts.height, opts.width)
-    crops = collect_crops(model, data, spec)
+    work = progress_folder(out)
+    job = json.loads(json.dumps({"model": model, "data": str(data.resolve()), "options": vars(opts)}))
+    _check_refine_job(work, job, resume)
+    if resume:
+        crops = load_crops(work / "crops.npz")
+    else:  # the folder is made once the crops are in: an error before that leaves nothing to resume
+        crops = collect_crops(model, data, spec)
+        make_folder(work, "work folder")
+        save_crops(crops, work / "crops.npz")
+        write_json(work / "job.json", job)
     train, valid = split_crops(crops, opts.valid_fraction, opts.seed)
-    net, spec, report = train_refiner(crops, spec, opts, train, valid)
+    net, spec, report = train_refiner(crops, spec, opts, train, valid, state_file=work / "state.pt")
     command = shlex.join(["captchalab", *sys.argv[1:]])
     training = {"data": data_statement or str(data), "command": command, "options": vars(opts), **report}
     export_refined_bundle(model, out, net, spec, crops.images[valid], training)
+    shutil.rmtree(work)
     accuracy = report["valid_accuracy"]
     typer.echo(
         f"wrote {out}: {report['crops']['train']} crops learnt; on {report['crops']['valid']} held-out crops the "
         f"CTC model alone is right {accuracy['ctc_model']:.4f}, with the refiner {accuracy['combined']:.4f} "
         f"(main weight {spec.main_weight})"
     )
+
+
+def _check_refine_job(work: Path, job: dict, resume: bool) -> None:
+    """``--resume`` needs the interrupted run of the same job (any --device); a new run needs no leftover one."""
+    if not resume:
+        if work.exists():
+            raise CaptchalabError(f"{work}: holds an interrupted 'ocr refine' for this --out; add --resume to continue "
+                                  "it, or delete the folder to start again")  # fmt: skip
+        return
+    try:
+        saved = json.loads((work / "job.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CaptchalabError(f"{work}: nothing to resume; run without --resume") from None
+    except (OSError, ValueError) as exc:
+        raise CaptchalabError(f"{work / 'job.json'}: unreadable ({exc}); delete {work} to start again") from None
+    now, then = job["options"], saved.get("options", {})
+    differ = [k.upper() for k in ("model", "data") if saved.get(k) != job[k]]
+    for key in sorted((set(now) | set(then)) - {"device"}):
+        if now.get(key) != then.get(key):
+            differ.append("--" + key.replace("_", "-"))
+    if differ:
+        raise CaptchalabError(f"{work}: the interrupted run differs in {', '.join(differ)}; resume it with the same "
+                              "command, or delete the folder to start again")  # fmt: skip
 
 
 # what `ocr train --resume` may change; every other option comes from the run's saved config

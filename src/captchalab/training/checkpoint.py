@@ -55,6 +55,13 @@ def load_torch(path: Path, map_location: str = "cpu") -> Any:
         raise CaptchalabError(f"{path}: not a PyTorch checkpoint ({reason})") from None
 
 
+def save_arrays(path: Path, **arrays: Any) -> None:
+    """numpy arrays as one ``.npz`` file (uncompressed), written atomically."""
+    import numpy as np
+
+    _atomic(Path(path), lambda handle: np.savez(handle, **arrays))
+
+
 def write_json(path: Path, data: Any) -> None:
     _atomic(Path(path), lambda handle: handle.write(json.dumps(data, ensure_ascii=False, indent=2).encode("utf-8")))
 

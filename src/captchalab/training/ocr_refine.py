@@ -4,6 +4,10 @@ Crops are collected the way the runtime cuts them: the bundle reads every labell
 group (e.g. '0Oo') that it emitted where the label has a character of the group too becomes a crop labelled with the
 true character. A small CNN (models/ocr_refiner.py) learns them; the weight of the CTC model's own score next to the
 CNN's is then chosen on held-out crops, and export/ocr_refine.py writes the refined bundle.
+
+Work in progress lives beside the bundle, in ``<out>.refining/``: the collected crops (``crops.npz``), the job
+(``job.json``) and the state after every epoch (``state.pt``), so that ``ocr refine --resume`` continues an
+interrupted run (Ctrl-C, kill -9) from its last finished epoch. The folder is removed once the bundle is written.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +31,7 @@ from captchalab.models.ocr_refiner import RefinerNet
 from captchalab.progress import track
 from captchalab.runtime.ocr import OcrReader
 from captchalab.runtime.ocr_refine import RefineSpec, candidates, sources_of
+from captchalab.training.checkpoint import load_torch, save_arrays, save_torch
 from captchalab.training.distributed import resolve_device
 
 log = logging.getLogger(__name__)
@@ -117,6 +123,25 @@ class _Collector:
         return texts
 
 
+def progress_folder(out: str | os.PathLike) -> Path:
+    """Where ``ocr refine --out OUT`` keeps its work until the bundle is written."""
+    out = Path(out)
+    return out.with_name(out.name + ".refining")
+
+
+def save_crops(crops: Crops, path: Path) -> None:
+    save_arrays(path, images=crops.images, labels=crops.labels, main=crops.main,
+                skipped=np.asarray(crops.skipped, dtype=str))  # fmt: skip
+
+
+def load_crops(path: Path) -> Crops:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return Crops(data["images"], data["labels"], data["main"], [str(s) for s in data["skipped"]])
+    except (OSError, ValueError, KeyError) as exc:  # a damaged file: collecting again is the fix
+        raise CaptchalabError(f"{path}: cannot read the collected crops ({exc}); delete {path.parent}") from None
+
+
 def split_crops(crops: Crops, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded train / validation indices."""
     order = np.random.default_rng(seed).permutation(len(crops.labels))
@@ -133,10 +158,17 @@ def combined_accuracy(cnn: np.ndarray, main: np.ndarray, labels: np.ndarray, wei
 
 
 def train_refiner(
-    crops: Crops, spec: RefineSpec, opts: RefineOptions, train_idx: np.ndarray, valid_idx: np.ndarray
+    crops: Crops,
+    spec: RefineSpec,
+    opts: RefineOptions,
+    train_idx: np.ndarray,
+    valid_idx: np.ndarray,
+    state_file: Path | None = None,
 ) -> tuple[RefinerNet, RefineSpec, dict]:
     """Fit the CNN on the crops ``train_idx``, choose ``main_weight`` on ``valid_idx`` (see ``split_crops``);
-    returns (model on CPU, eval mode), the spec with that weight, and a report."""
+    returns (model on CPU, eval mode), the spec with that weight, and a report. With ``state_file``, the state is
+    saved there after every epoch and, when the file exists, training continues from it (the same result as
+    without the interruption)."""
     torch.manual_seed(opts.seed)
     rng = np.random.default_rng(opts.seed)
     device = resolve_device(opts.device)
@@ -147,9 +179,19 @@ def train_refiner(
     optimizer = torch.optim.AdamW(net.parameters(), opts.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, opts.lr, total_steps=opts.epochs * steps_per_epoch,
                                                    pct_start=0.1)  # fmt: skip
-    history = []
-    started = time.time()
-    for epoch in range(opts.epochs):
+    history: list[dict] = []
+    first_epoch, earlier_seconds = 0, 0.0
+    if state_file is not None and state_file.exists():
+        state = load_torch(state_file)
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        first_epoch, history, earlier_seconds = state["epoch"], state["history"], state["seconds"]
+        log.info("resuming the refiner after epoch %d of %d", first_epoch, opts.epochs)
+    started = time.time() - earlier_seconds
+    for epoch in range(first_epoch, opts.epochs):
         net.train()
         order = rng.permutation(train_idx)
         total = 0.0
@@ -167,6 +209,13 @@ def train_refiner(
         history.append({"epoch": epoch, "train_loss": round(total / steps_per_epoch, 4), "valid_accuracy": accuracy,
                         "seconds": round(time.time() - started, 1)})  # fmt: skip
         log.info("refiner epoch %d: loss %.4f, held-out crop accuracy %.4f", epoch, total / steps_per_epoch, accuracy)
+        if state_file is not None:
+            save_torch({"epoch": epoch + 1, "net": net.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "numpy_rng": rng.bit_generator.state,
+                        "torch_rng": torch.get_rng_state(), "history": history,
+                        "seconds": time.time() - started}, state_file)  # fmt: skip
+    if first_epoch >= opts.epochs:  # resumed after the last epoch: the held-out log-probs of the saved model
+        cnn = predict_log_probs(net, x_all[valid_idx], device)
     net = net.cpu().eval()  # cnn: the last epoch's held-out log-probs, from this very model
     main, labels = crops.main[valid_idx], crops.labels[valid_idx]
     by_weight = {w: combined_accuracy(cnn, main, labels, w) for w in MAIN_WEIGHTS}
