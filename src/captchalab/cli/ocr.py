@@ -245,7 +245,8 @@ def _check_refine_job(work: Path, job: dict, resume: bool) -> None:
     try:
         saved = json.loads((work / "job.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CaptchalabError(f"{work}: nothing to resume; run without --resume") from None
+        hint = "delete the folder and run" if work.exists() else "run"  # killed while saving the crops
+        raise CaptchalabError(f"{work}: nothing to resume; {hint} without --resume") from None
     except (OSError, ValueError) as exc:
         raise CaptchalabError(f"{work / 'job.json'}: unreadable ({exc}); delete {work} to start again") from None
     now, then = job["options"], saved.get("options", {})
