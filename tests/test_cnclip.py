@@ -181,6 +181,7 @@ def test_unreadable_images_are_skipped_with_one_warning(cells, tmp_path, caplog)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert all(name in warnings[0].getMessage() for name in ("bad.png", "empty.jpg", "lost.png"))
+    assert f"{root / '狗' / 'lost.png'}: broken symbolic link" in warnings[0].getMessage()
     assert summary["skipped"] == ["狗/empty.jpg", "狗/lost.png", "猫/bad.png"]
     got = [c.image_bytes for split in SPLITS for c in read_split(tmp_path / "ds", split)]
     assert sorted(got) == sorted(originals)

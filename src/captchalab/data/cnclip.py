@@ -210,7 +210,11 @@ def _read_images(cells: Path, sources: list[_Source]) -> tuple[list[_Image], lis
             load_image(data, name=str(source.path))
         except (OSError, CaptchalabError) as exc:
             skipped.append(source)
-            problems.append(str(exc) if isinstance(exc, CaptchalabError) else f"{source.path}: {exc.strerror or exc}")
+            if isinstance(exc, CaptchalabError):
+                problems.append(str(exc))
+            else:
+                why = "broken symbolic link" if source.path.is_symlink() else exc.strerror or exc
+                problems.append(f"{source.path}: {why}")
             continue
         images.append(_Image(source, data))
     if problems:
