@@ -67,9 +67,17 @@ def development_sets(count: int) -> Iterator[tuple[str, list[bytes], list[str]]]
         yield name, *png_set(dataclasses.replace(config, seed=config.seed - 1000), count)
 
 
-def int8_gate(readers: dict[str, OcrReader], count: int, max_drop: float) -> dict[str, dict[str, float]]:
-    """Read the development sets with ``readers['fp32']`` and ``readers['int8']`` (case-insensitively); per set their
-    accuracies and agreement. SystemExit (nothing is written) when int8 reads a set more than ``max_drop`` worse."""
+def int8_gate(
+    work: Path, manifest: dict, role: str, fp32_file: str, count: int, max_drop: float, threads: int | None = None
+) -> dict[str, dict[str, float]]:
+    """Read the development sets (case-insensitively) with the bundle in ``work`` twice: with its int8 file for
+    ``role`` ('model' or 'refiner'; ``manifest`` names it) and with the fp32 original ``fp32_file`` in its place. Per
+    set the two accuracies and their agreement; SystemExit (nothing is written) when int8 reads a set more than
+    ``max_drop`` worse. ``work/manifest.json`` is left as ``manifest``."""
+    readers = {}
+    for precision, files in (("fp32", {**manifest["files"], role: fp32_file}), ("int8", manifest["files"])):
+        (work / "manifest.json").write_text(json.dumps(dict(manifest, files=files)), encoding="utf-8")
+        readers[precision] = OcrReader(work, threads=threads, case_sensitive=False)
     report = {}
     for name, images, labels in development_sets(count):
         texts = {k: [r.text for r in reader.read_batch(images, 256, workers=2)] for k, reader in readers.items()}

@@ -29,7 +29,6 @@ from captchalab.data.charset import parse_charset_spec  # noqa: E402
 from captchalab.data.generate import GenerateConfig, iter_samples  # noqa: E402
 from captchalab.export.common import install_bundle, quantize_int8  # noqa: E402
 from captchalab.export.ocr_refine import REFINER_FILE, REFINER_FP32_FILE  # noqa: E402
-from captchalab.ocr import OcrReader  # noqa: E402
 from captchalab.runtime.bundle import onnx_session, sha256_file  # noqa: E402
 from captchalab.runtime.ocr_refine import RefineSpec  # noqa: E402
 from captchalab.training.ocr_refine import collect_crops  # noqa: E402
@@ -79,12 +78,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as images:
             calibration = calibration_crops(bundle, spec, Path(images))
         quantize_int8(work / REFINER_FP32_FILE, work / REFINER_FILE, "crop", calibration[:1024])
-        fp32_manifest = dict(manifest, files={**manifest["files"], "refiner": REFINER_FP32_FILE})
-        (work / "manifest.json").write_text(json.dumps(fp32_manifest), encoding="utf-8")
-        readers = {"fp32": OcrReader(work, threads=1, case_sensitive=False)}
-        (work / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-        readers["int8"] = OcrReader(work, threads=1, case_sensitive=False)
-        report = int8_gate(readers, 2000, MAX_DROP)
+        report = int8_gate(work, manifest, "refiner", REFINER_FP32_FILE, 2000, MAX_DROP, threads=1)
         files = {"fp32": REFINER_FP32_FILE, "int8": REFINER_FILE}
         speed = {k: ms_per_crop(work / f, calibration) for k, f in files.items()}
         print(f"ms per crop, one thread: fp32 {speed['fp32']}, int8 {speed['int8']}")

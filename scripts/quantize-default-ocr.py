@@ -30,7 +30,6 @@ from captchalab.data.generate import GenerateConfig, iter_samples  # noqa: E402
 from captchalab.export.common import install_bundle, quantize_int8  # noqa: E402
 from captchalab.imaging import Preprocess  # noqa: E402
 from captchalab.runtime.bundle import sha256_file  # noqa: E402
-from captchalab.runtime.ocr import OcrReader  # noqa: E402
 
 # (alphabet, min length, max length, style, seed, images): the training mix of scripts/train-default-ocr.sh
 CALIBRATION = [("lower+digits", 4, 4, "captcha", 7001, 120), ("upper+digits", 4, 4, "captcha", 7002, 100),
@@ -61,12 +60,7 @@ def main() -> None:
                 shutil.copy2(file, work / file.name)
         shutil.copy2(fp32, work / "model.fp32.onnx")
         quantize_int8(work / "model.fp32.onnx", work / "model.onnx", manifest["input"]["name"], calibration)
-        reference = dict(manifest, files={**manifest["files"], "model": "model.fp32.onnx"})
-        (work / "manifest.json").write_text(json.dumps(reference), encoding="utf-8")
-        readers = {"fp32": OcrReader(work, case_sensitive=False)}
-        (work / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-        readers["int8"] = OcrReader(work, case_sensitive=False)
-        report = int8_gate(readers, args.count, MAX_DROP)
+        report = int8_gate(work, manifest, "model", "model.fp32.onnx", args.count, MAX_DROP)
         manifest["precision"] = "int8"
         manifest["sha256"] = {**manifest.get("sha256", {}), "model.onnx": sha256_file(work / "model.onnx"),
                               "model.fp32.onnx": sha256_file(work / "model.fp32.onnx")}  # fmt: skip

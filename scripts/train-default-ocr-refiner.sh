@@ -2,9 +2,9 @@
 # Add the refiner of look-alike characters (0 / O / o) to the shipped default OCR bundle.
 # About 230k generated captchas in which each character is one of the group with probability 0.3 (~10 min), crops
 # collected by the default model (~5 min), 9 epochs of a small CNN (~80 min on a 2-core CPU; if interrupted, run
-# the refine line again with --resume); then gated on the
-# development sets (seeds 8001-8005: no set may lose more than 0.3 pt) before it replaces the shipped bundle, and
-# made int8 (scripts/quantize-default-ocr-refiner.py, its own gate).
+# the refine line again with --resume); then gated on the development sets (seeds 8001-8005: no set may lose more
+# than 0.3 pt) before it replaces the shipped bundle, and made int8 (scripts/quantize-default-ocr-refiner.py, its
+# own gate).
 set -euo pipefail
 DATA=${DATA:-data/ocr-refiner}
 RUN=${RUN:-runs/ocr-default}  # named like the shipped bundle: the manifest takes the folder's name

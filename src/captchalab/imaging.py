@@ -25,11 +25,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".ti
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
 
+def is_image_file(path: Path) -> bool:
+    """Named like an image, and a file or a link. Broken links count, so that reading them reports the problem
+    instead of the file silently going missing."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and (path.is_file() or path.is_symlink())
+
+
 def image_paths(folder: Path) -> list[Path]:
-    """Files under ``folder`` (recursive) named like images, sorted. Broken links are included, so that reading
-    them reports the problem instead of the file silently going missing."""
-    named = (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    return sorted(p for p in named if p.is_file() or p.is_symlink())
+    """The image files under ``folder`` (recursive, ``is_image_file``), sorted."""
+    return sorted(p for p in folder.rglob("*") if is_image_file(p))
 
 
 def _not_a_file(path: Path) -> str:

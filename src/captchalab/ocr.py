@@ -15,7 +15,7 @@ from typing import BinaryIO
 from captchalab.data.labels import read_labelled_images
 from captchalab.errors import CaptchalabError
 from captchalab.evaluation import ocr_report
-from captchalab.imaging import IMAGE_SUFFIXES, ImageInput, load_image
+from captchalab.imaging import ImageInput, is_image_file, load_image
 from captchalab.runtime.ocr import AUTO, OcrReader, Reading, read
 
 __all__ = ["OcrReader", "Reading", "read", "load_reader", "evaluate", "expand_paths"]
@@ -56,13 +56,9 @@ def image_files(folder: str | os.PathLike) -> tuple[list[Path], list[str]]:
         Path(root) / name
         for root, _dirs, names in os.walk(folder, onerror=note)
         for name in names
-        if Path(name).suffix.lower() in IMAGE_SUFFIXES and _file_or_link(Path(root) / name)
+        if is_image_file(Path(root) / name)
     ]
     return sorted(files), problems
-
-
-def _file_or_link(path: Path) -> bool:
-    return path.is_file() or path.is_symlink()
 
 
 def expand_paths(

@@ -212,6 +212,7 @@ def refine(
                          channels=widths)  # fmt: skip
     spec = RefineSpec(group, opts.height, opts.width)
     work = progress_folder(out)
+    # through JSON, as job.json stores it (tuples become lists), so that a resumed job compares equal
     job = json.loads(json.dumps({"model": model, "data": str(data.resolve()), "options": vars(opts)}))
     _check_refine_job(work, job, resume)
     if resume:
