@@ -14,7 +14,8 @@ import lmdb
 import pytest
 from PIL import Image
 
-from captchalab.data.cnclip import build_dataset, build_lmdb, export_cells, read_lmdb_split, read_split
+from captchalab.data.cnclip import build_dataset, export_cells, read_split
+from captchalab.data.cnclip_lmdb import build_lmdb, read_lmdb_split
 from captchalab.errors import CaptchalabError
 
 SPLITS = ("train", "valid", "test")
@@ -346,7 +347,7 @@ def test_bad_lmdb_pair_is_refused_without_running_code(cells, tmp_path, value):
 def _read_lmdb_in_child(split_dir: Path) -> subprocess.CompletedProcess:
     """read_lmdb_split in a child process: a regression that lets LMDB touch a bad page kills only the child."""
     code = (
-        "import sys\nfrom captchalab.data.cnclip import read_lmdb_split\n"
+        "import sys\nfrom captchalab.data.cnclip_lmdb import read_lmdb_split\n"
         "from captchalab.errors import CaptchalabError\n"
         "try:\n    read_lmdb_split(sys.argv[1])\nexcept CaptchalabError as exc:\n    sys.exit(f'refused: {exc}')\n"
     )

@@ -11,7 +11,8 @@ import lmdb
 import pytest
 from tests.conftest import TINY_GRIDCLIP, run_cli
 
-from captchalab.data.cnclip import _pair, build_dataset, read_lmdb_split, read_split
+from captchalab.data.cnclip import build_dataset, read_split
+from captchalab.data.cnclip_lmdb import _pair, read_lmdb_split
 from captchalab.errors import CaptchalabError
 
 
@@ -46,7 +47,7 @@ def test_malformed_lmdb_pickles_give_one_error(value: bytes):
 
 
 def test_pickles_that_would_allocate_a_huge_memo_are_refused_unrun():
-    from captchalab.data.cnclip import _plain_pickle
+    from captchalab.data.cnclip_lmdb import _plain_pickle
 
     huge_memo = b"\x80\x02K\x01K\x02X\x03\x00\x00\x00\xe7\x8c\xabr\xff\xff\xff\x7f\x87."  # memo index 2**31 - 1
     assert not _plain_pickle(huge_memo)

@@ -40,7 +40,7 @@ def build(
 @dataset_app.command("lmdb")
 def lmdb_cmd(dataset: Path = typer.Argument(..., help="A folder of {split}_imgs.tsv + {split}_texts.jsonl.")) -> None:
     """Build the LMDB of an existing TSV/JSONL dataset (ours or made by Chinese-CLIP's tools)."""
-    from captchalab.data.cnclip import build_lmdb
+    from captchalab.data.cnclip_lmdb import build_lmdb
 
     typer.echo(f"wrote {build_lmdb(dataset)}")
 

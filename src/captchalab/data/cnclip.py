@@ -8,7 +8,7 @@ Output (the file formats of Chinese-CLIP's fine-tuning data)::
       {split}_imgs.tsv        <image id>\\t<standard base64 of the original image file bytes>
       {split}_texts.jsonl     {"text_id": 3, "text": "猫", "image_ids": [17, 21]}
       lmdb/{split}/imgs       LMDB, laid out as Chinese-CLIP's cn_clip/preprocess/build_lmdb_dataset.py does
-      lmdb/{split}/pairs
+      lmdb/{split}/pairs      (written and read by captchalab.data.cnclip_lmdb)
 
 Ids: image ids run from 1 over all readable images sorted by (label, path), so they are unique across splits and
 do not depend on the seed; a text's id is ``split number * number of labels + label number + 1`` (splits in the
@@ -22,16 +22,12 @@ import binascii
 import io
 import json
 import logging
-import mmap
-import pickle
-import pickletools
 import random
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -41,16 +37,12 @@ from captchalab.folders import rmdir_if_empty
 from captchalab.imaging import IMAGE_SUFFIXES, image_paths, load_image
 from captchalab.progress import track
 
-if TYPE_CHECKING:
-    import lmdb  # imported where used: reading labelled cells needs no lmdb
-
 logger = logging.getLogger(__name__)
 
 FORMAT = "captchalab-cnclip"
-_ID = re.compile(r"[0-9]{1,18}")  # ids and counts fit in an int64 (longer digit strings are refused)
+ID_PATTERN = re.compile(r"[0-9]{1,18}")  # ids and counts fit in an int64 (longer digit strings are refused)
 _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 _LMDB_FILES = ("data.mdb", "lock.mdb")
-_COMMIT_EVERY = 1000
 MAX_CELL_BYTES = 64 * 2**20  # a cell picture is an icon or a photo crop, never this large
 _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif"}
 
@@ -110,6 +102,8 @@ def build_dataset(
         text_ids = {label: split_number * len(labels) + number for number, label in enumerate(labels, 1)}
         _write_split(out, split, splits[split], ids, text_ids)
     if lmdb:
+        from captchalab.data.cnclip_lmdb import build_lmdb  # its module imports this one
+
         build_lmdb(out)
     summary = {
         "format": FORMAT,
@@ -310,62 +304,6 @@ def _write_split(
             jsonl.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def build_lmdb(dataset_dir: str | Path, splits: Iterable[str] = SPLITS) -> Path:
-    """Serialise each split's TSV + JSONL into ``dataset_dir/lmdb/{split}/{imgs,pairs}``; returns the lmdb folder.
-
-    Same layout as Chinese-CLIP's ``cn_clip/preprocess/build_lmdb_dataset.py``:
-
-    - ``pairs``: for every JSONL line in file order and every id of its ``image_ids`` in order, key
-      ``str(n).encode("utf-8")`` (n = 0, 1, ...) -> ``pickle.dumps((image_id, text_id, text))``; then
-      ``b"num_samples"`` -> ``str(number of pairs).encode("utf-8")``.
-    - ``imgs``: for every TSV line, key ``str(image_id).encode("utf-8")`` -> the line's base64 text encoded utf-8;
-      then ``b"num_images"`` -> ``str(number of images).encode("utf-8")``.
-
-    Refuses to write into a split folder that already holds files.
-    """
-    folder = _existing_folder(Path(dataset_dir))
-    lmdb_dir = folder / "lmdb"
-    for split in splits:
-        tsv, jsonl = _split_files(folder, split)
-        images = _read_tsv(tsv)
-        texts = _read_texts(jsonl, images, tsv)
-        split_dir = lmdb_dir / split
-        if split_dir.is_dir() and any(split_dir.iterdir()):
-            raise CaptchalabError(f"{split_dir}: already holds files; remove it to build the LMDB again")
-        split_dir.mkdir(parents=True, exist_ok=True)
-        # Protocol 4 (the default of the Pythons Chinese-CLIP supports) keeps the bytes the same on every Python.
-        pairs = [
-            (str(n).encode("utf-8"), pickle.dumps(pair, protocol=4))
-            for n, pair in enumerate((i, t.text_id, t.text) for t in texts for i in t.image_ids)
-        ]
-        _write_env(split_dir / "pairs", pairs, b"num_samples", f"{split} pairs")
-        records = [(str(image_id).encode("utf-8"), b64.encode("utf-8")) for image_id, b64 in images.items()]
-        _write_env(split_dir / "imgs", records, b"num_images", f"{split} images")
-    return lmdb_dir
-
-
-def _write_env(path: Path, records: list[tuple[bytes, bytes]], count_key: bytes, description: str) -> None:
-    import lmdb
-
-    env = lmdb.open(str(path), map_size=_map_size(records))
-    try:
-        batches = range(0, len(records), _COMMIT_EVERY)
-        for start in track(batches, len(batches), f"writing {description}"):
-            with env.begin(write=True) as txn:
-                for key, value in records[start : start + _COMMIT_EVERY]:
-                    txn.put(key, value)
-        with env.begin(write=True) as txn:
-            txn.put(count_key, str(len(records)).encode("utf-8"))
-    finally:
-        env.close()
-
-
-def _map_size(records: list[tuple[bytes, bytes]]) -> int:
-    """Twice the data plus a page of overhead per record (large values take whole overflow pages), + 1 MiB."""
-    payload = sum(len(key) + len(value) for key, value in records)
-    return 2 * (payload + (len(records) + 1) * mmap.PAGESIZE) + (1 << 20)
-
-
 # ----------------------------------------------------------------------------------------------- reading
 
 
@@ -375,46 +313,14 @@ def read_split(dataset_dir: str | Path, split: str) -> list[Cell]:
     A cell is one (image, text) pair, so an image listed by two texts gives two cells. Images no text lists (as
     in Chinese-CLIP test splits with ``"image_ids": []``) are left out, with an info log line.
     """
-    tsv, jsonl = _split_files(_existing_folder(Path(dataset_dir)), split)
-    images = _read_tsv(tsv)
-    texts = _read_texts(jsonl, images, tsv)
+    tsv, jsonl = split_files(existing_folder(Path(dataset_dir)), split)
+    images = read_tsv(tsv)
+    texts = read_texts(jsonl, images, tsv)
     used = {image_id for text in texts for image_id in text.image_ids}
     if len(used) < len(images):
         logger.info("%s: %d image(s) listed by no text in %s, left out", tsv, len(images) - len(used), jsonl.name)
-    data = {image_id: _decode_b64(images[image_id], f"{tsv}: image {image_id}") for image_id in used}
+    data = {image_id: decode_b64(images[image_id], f"{tsv}: image {image_id}") for image_id in used}
     return [Cell(image_id, text.text, data[image_id]) for text in texts for image_id in text.image_ids]
-
-
-def read_lmdb_split(lmdb_split_dir: str | Path) -> list[Cell]:
-    """The cells of one LMDB split folder (``imgs`` + ``pairs``), in pair order."""
-    import lmdb
-
-    folder = _existing_folder(Path(lmdb_split_dir))
-    pairs_env = _open_env(folder / "pairs")
-    try:
-        imgs_env = _open_env(folder / "imgs")
-    except CaptchalabError:
-        pairs_env.close()
-        raise
-    try:
-        with pairs_env.begin() as pairs, imgs_env.begin() as imgs:
-            count = _count(pairs, b"num_samples", folder / "pairs")
-            _count(imgs, b"num_images", folder / "imgs")
-            cells = []
-            for index in track(range(count), count, "reading pairs"):
-                image_id, text = _pair(pairs.get(str(index).encode("utf-8")), folder / "pairs", index)
-                b64 = imgs.get(str(image_id).encode("utf-8"))
-                if b64 is None:
-                    raise CaptchalabError(
-                        f"{folder / 'pairs'}: pair {index} names image {image_id}, which is not in {folder / 'imgs'}"
-                    )
-                cells.append(Cell(image_id, text, _decode_b64(b64, f"{folder / 'imgs'}: image {image_id}")))
-    except lmdb.Error as exc:  # a damaged page (MDB_CORRUPTED, MDB_PAGE_NOTFOUND, ...)
-        raise CaptchalabError(f"{folder}: damaged LMDB ({exc})") from None
-    finally:
-        pairs_env.close()
-        imgs_env.close()
-    return cells
 
 
 def export_cells(dataset_dir: str | Path, split: str, out_folder: str | Path) -> int:
@@ -471,13 +377,13 @@ def _folder_names(texts: list[str]) -> dict[str, str]:
     return names
 
 
-def _existing_folder(folder: Path) -> Path:
+def existing_folder(folder: Path) -> Path:
     if not folder.is_dir():
         raise CaptchalabError(f"{folder}: no such folder")
     return folder
 
 
-def _split_files(folder: Path, split: str) -> tuple[Path, Path]:
+def split_files(folder: Path, split: str) -> tuple[Path, Path]:
     if split not in SPLITS:
         raise CaptchalabError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     return folder / f"{split}_imgs.tsv", folder / f"{split}_texts.jsonl"
@@ -504,7 +410,7 @@ def _json_object(file: Path, number: int, line: str) -> dict:
     return record
 
 
-def _read_tsv(file: Path) -> dict[int, str]:
+def read_tsv(file: Path) -> dict[int, str]:
     """Image id -> base64 text, in file order; every line checked (id an integer, base64 decodable)."""
     images: dict[int, str] = {}
     for number, line in _numbered_lines(file):
@@ -512,19 +418,19 @@ def _read_tsv(file: Path) -> dict[int, str]:
         if len(parts) != 2:
             raise CaptchalabError(f"{file}:{number}: expected '<image id><TAB><base64 image>'")
         id_text, b64 = parts
-        if not _ID.fullmatch(id_text):
+        if not ID_PATTERN.fullmatch(id_text):
             raise CaptchalabError(
                 f"{file}:{number}: image id {id_text[:20]!r} is not a whole number of at most 18 digits"
             )
         image_id = int(id_text)
         if image_id in images:
             raise CaptchalabError(f"{file}:{number}: image id {image_id} appears twice")
-        _decode_b64(b64, f"{file}:{number}")
+        decode_b64(b64, f"{file}:{number}")
         images[image_id] = b64
     return images
 
 
-def _decode_b64(data: str | bytes, where: str) -> bytes:
+def decode_b64(data: str | bytes, where: str) -> bytes:
     """Decode standard or URL-safe base64 (Chinese-CLIP reads with ``urlsafe_b64decode``, which takes both)."""
     try:
         text = data.decode("ascii") if isinstance(data, bytes) else data
@@ -536,17 +442,17 @@ def _decode_b64(data: str | bytes, where: str) -> bytes:
     return decoded
 
 
-def _read_texts(file: Path, images: dict[int, str], tsv: Path) -> list[_Text]:
+def read_texts(file: Path, images: dict[int, str], tsv: Path) -> list[_Text]:
     texts: list[_Text] = []
     seen: set[int] = set()
     for number, line in _numbered_lines(file):
         record = _json_object(file, number, line)
         text_id, text, image_ids = record.get("text_id"), record.get("text"), record.get("image_ids")
         if not (
-            _is_int(text_id)
+            is_int(text_id)
             and isinstance(text, str)
             and isinstance(image_ids, list)
-            and all(_is_int(i) for i in image_ids)
+            and all(is_int(i) for i in image_ids)
         ):
             raise CaptchalabError(
                 f'{file}:{number}: needs an integer "text_id", a string "text" and a list of integer "image_ids"'
@@ -563,87 +469,8 @@ def _read_texts(file: Path, images: dict[int, str], tsv: Path) -> list[_Text]:
     return texts
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _open_env(path: Path) -> lmdb.Environment:
-    import lmdb
-
-    if not path.is_dir():
-        raise CaptchalabError(f"{path}: no such LMDB folder")
-    try:
-        env = lmdb.open(str(path), readonly=True, lock=False, create=False, readahead=False)
-    except lmdb.Error as exc:
-        raise CaptchalabError(f"{path}: not a readable LMDB environment ({exc})") from None
-    # LMDB maps the file and trusts its meta page: reading a page past the end of a truncated file (an interrupted
-    # copy) kills the process with SIGBUS, so the file must hold every page the meta page says was written.
-    data = path / "data.mdb"
-    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-    if data.is_file() and data.stat().st_size < needed:
-        env.close()
-        raise CaptchalabError(f"{data}: truncated ({data.stat().st_size} of at least {needed} bytes); copy it again")
-    return env
-
-
-def _count(txn: lmdb.Transaction, key: bytes, path: Path) -> int:
-    value = txn.get(key)
-    if value is None or not _ID.fullmatch(bytes(value).decode("ascii", "replace")):
-        raise CaptchalabError(f"{path}: no valid {key.decode()} entry; not a Chinese-CLIP LMDB")
-    return int(value)
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    """Loads only plain data (tuples, ints, strings): a pair never needs a class, so none is ever imported."""
-
-    def find_class(self, module: str, name: str) -> object:
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-
-
-# The only pickle opcodes a pickled (int, int, str) tuple needs, in any protocol 0-5. Anything else (classes, calls,
-# lists, dicts, bytearrays, persistent ids) is refused before unpickling.
-_PAIR_OPCODES = frozenset(
-    "PROTO FRAME STOP MARK TUPLE TUPLE1 TUPLE2 TUPLE3 EMPTY_TUPLE INT BININT BININT1 BININT2 LONG LONG1 UNICODE "
-    "SHORT_BINUNICODE BINUNICODE BINUNICODE8 MEMOIZE PUT BINPUT LONG_BINPUT GET BINGET LONG_BINGET".split()
-)
-_MAX_MEMO = 64  # a memo index is an array index to the unpickler: a huge one would allocate gigabytes
-
-
-def _plain_pickle(value: bytes) -> bool:
-    """True when ``value`` is one pickle made only of ``_PAIR_OPCODES`` with small memo indices (not executed)."""
-    try:
-        for opcode, arg, _ in pickletools.genops(value):
-            if opcode.name not in _PAIR_OPCODES:
-                return False
-            if opcode.name.endswith(("PUT", "GET")) and not (isinstance(arg, int) and 0 <= arg < _MAX_MEMO):
-                return False
-            if opcode.name == "FRAME" and not (isinstance(arg, int) and arg <= len(value)):
-                return False
-    except Exception:  # noqa: BLE001 - genops raises ValueError and others on malformed data
-        return False
-    return True
-
-
-def _pair(value: bytes | None, path: Path, index: int) -> tuple[int, str]:
-    """(image id, text) of a pickled ``(image_id, text_id, text)`` pair; hostile pickles are refused unrun."""
-    if value is None:
-        raise CaptchalabError(f"{path}: pair {index} is missing")
-    pair = None
-    if _plain_pickle(bytes(value)):
-        try:
-            pair = _PlainUnpickler(io.BytesIO(value)).load()
-        except Exception:  # noqa: BLE001 - whatever a malformed pickle raises, it is not a pair
-            pair = None
-    if not (
-        isinstance(pair, tuple)
-        and len(pair) == 3
-        and _is_int(pair[0])
-        and _is_int(pair[1])
-        and isinstance(pair[2], str)
-        and 0 <= pair[0] < 10**18
-    ):
-        raise CaptchalabError(f"{path}: pair {index} is not a pickled (image_id, text_id, text)")
-    return pair[0], pair[2]
 
 
 def _extension(data: bytes, where: str) -> str:

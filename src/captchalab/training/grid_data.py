@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from captchalab.data.cnclip import read_lmdb_split, read_split
+from captchalab.data.cnclip import read_split
+from captchalab.data.cnclip_lmdb import read_lmdb_split
 from captchalab.errors import CaptchalabError
 from captchalab.imaging import ClipPreprocess, load_image
 from captchalab.progress import track
