@@ -109,7 +109,14 @@ def restrict_charset(log_probs: np.ndarray, chars: str, allowed: str) -> tuple[n
     kept = log_probs[..., _class_indices(chars, allowed)]
     top = kept.max(-1, keepdims=True)
     kept = kept - (top + np.log(np.exp(kept - top).sum(-1, keepdims=True)))
-    return kept, "".join(c for c in chars if c in set(allowed))
+    return kept, _restricted_chars(chars, allowed)
+
+
+@functools.lru_cache(maxsize=32)
+def _restricted_chars(chars: str, allowed: str) -> str:
+    """The characters of ``chars`` that ``allowed`` has, in model order (cached: it is asked once per batch)."""
+    wanted = set(allowed)
+    return "".join(c for c in chars if c in wanted)
 
 
 def check_charset(chars: object) -> None:
