@@ -125,6 +125,8 @@ def test_refine_cli_writes_a_bundle_the_reader_uses(look_alike_data: Path, tmp_p
         (["--chars", "0é"], "cannot output 'é'"),
         (["--channels", "8,8,8"], "four widths"),
         (["--channels", "8,x,8,8"], "four widths"),
+        (["--main-weight", "-1"], "--main-weight must be a number >= 0"),
+        (["--main-weight", "nan"], "--main-weight must be a number >= 0"),
     ],
 )
 def test_refine_bad_options_one_line(args: list[str], message: str, look_alike_data: Path, tmp_path: Path):
@@ -238,3 +240,25 @@ def test_main_weight_ties_lean_on_the_ctc_model():
     assert choose_main_weight(measured) == 0.25
     assert choose_main_weight({0.0: 0.95, 0.25: 0.94, 0.5: 0.93}) == 0.0
     assert choose_main_weight({0.0: 0.90, 0.25: 0.90, 0.5: 0.90}) == 0.5
+
+
+def test_a_given_main_weight_is_kept_and_said_so():
+    torch = pytest.importorskip("torch")
+    from captchalab.training.ocr_refine import Crops, RefineOptions, split_crops, train_refiner
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(1)
+    crops = Crops(rng.integers(0, 256, (300, 60, 48), dtype=np.uint8), rng.integers(0, 3, 300),
+                  rng.normal(size=(300, 3)).astype(np.float32))  # fmt: skip
+    train, valid = split_crops(crops, 0.1, 0)
+    for given, source in ((None, "held-out crops (choose_main_weight)"), (0.7, "--main-weight")):
+        opts = RefineOptions(epochs=1, batch_size=64, channels=(8, 8, 8, 8), device="cpu", main_weight=given)
+        _, spec, report = train_refiner(crops, RefineSpec("0Oo"), opts, train, valid)
+        assert report["main_weight_from"] == source
+        assert spec.main_weight == (0.7 if given else choose_from(report["accuracy_by_main_weight"]))
+
+
+def choose_from(by_weight: dict[str, float]) -> float:
+    from captchalab.training.ocr_refine import choose_main_weight
+
+    return choose_main_weight({float(w): a for w, a in by_weight.items()})

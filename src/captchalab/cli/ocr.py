@@ -179,6 +179,11 @@ def refine(
     channels: str = typer.Option(
         "32,64,96,128", help="Widths of the classifier's four convolution stages (16,32,64,96 trains ~4x faster)."
     ),
+    main_weight: float | None = typer.Option(
+        None,
+        help="Weight of the CTC model's log-probability next to the classifier's, fixed (e.g. one chosen on "
+        "development sets) instead of chosen on the held-out crops.",
+    ),
     data_statement: str | None = typer.Option(None, help="What DATA is (how it was made), for the manifest."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue an interrupted run of this same command from its last finished epoch."
@@ -206,10 +211,12 @@ def refine(
         raise CaptchalabError(f"--chars {chars!r}: give at least two characters that look alike")
     if not (math.isfinite(lr) and lr > 0):
         raise CaptchalabError(f"--lr must be a positive number, not {lr!r}")
+    if main_weight is not None and not (math.isfinite(main_weight) and main_weight >= 0):
+        raise CaptchalabError(f"--main-weight must be a number >= 0, not {main_weight!r}")
     widths = _parse_channels(channels)
     check_refinable(model, out)  # before the long work
     opts = RefineOptions(chars=group, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                         channels=widths)  # fmt: skip
+                         channels=widths, main_weight=main_weight)  # fmt: skip
     spec = RefineSpec(group, opts.height, opts.width)
     work = progress_folder(out)
     # through JSON, as job.json stores it (tuples become lists), so that a resumed job compares equal

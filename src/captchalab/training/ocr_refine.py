@@ -54,6 +54,7 @@ class RefineOptions:
     height: int = 60
     width: int = 48
     channels: tuple[int, int, int, int] = (32, 64, 96, 128)  # RefinerNet widths
+    main_weight: float | None = None  # fixed RefineSpec.main_weight; None: chosen on the held-out crops
 
 
 @dataclass
@@ -224,7 +225,8 @@ def train_refiner(
     net = net.cpu().eval()  # cnn: the last epoch's held-out log-probs, from this very model
     main, labels = crops.main[valid_idx], crops.labels[valid_idx]
     by_weight = {w: combined_accuracy(cnn, main, labels, w) for w in MAIN_WEIGHTS}
-    weight = choose_main_weight(by_weight)
+    weight = choose_main_weight(by_weight) if opts.main_weight is None else opts.main_weight
+    by_weight.setdefault(weight, combined_accuracy(cnn, main, labels, weight))
     report = {
         "crops": {
             "train": len(train_idx),
@@ -237,6 +239,7 @@ def train_refiner(
             "combined": by_weight[weight],
         },  # fmt: skip
         "accuracy_by_main_weight": {str(w): a for w, a in by_weight.items()},
+        "main_weight_from": "held-out crops (choose_main_weight)" if opts.main_weight is None else "--main-weight",
         "history": history,
         "skipped_images": len(crops.skipped),
     }
