@@ -93,8 +93,14 @@ def candidates(texts: Sequence[str], log_probs: np.ndarray, chars: str, group: s
     options = "".join(dict.fromkeys(out for out in map(_output_char(chars), group) if out))
     if len(options) < 2:
         return []
-    found = []
-    for b, (text, path) in enumerate(zip(texts, log_probs.argmax(-1))):
+    found: list[Candidate] = []
+    wanted = set(options)
+    rows = [b for b, text in enumerate(texts) if wanted.intersection(text)]  # most readings have none: skip them
+    if not rows:
+        return found
+    paths = log_probs[rows].argmax(-1)
+    for b, path in zip(rows, paths):
+        text = texts[b]
         runs = char_runs(path)
         if len(runs) != len(text):  # not a CTC path (fixed-length decoder): nothing to align
             continue
