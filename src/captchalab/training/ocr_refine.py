@@ -180,6 +180,7 @@ def train_refiner(
     # The crops stay uint8 and each batch is normalised when it is drawn: as float32 they would take four times the
     # memory (7.5 GB for 655k crops of 60x48), and the arithmetic per value is the same either way.
     y_all = torch.from_numpy(crops.labels)
+    valid_crops, main, labels = crops.images[valid_idx], crops.main[valid_idx], crops.labels[valid_idx]
     net = RefinerNet(len(spec.chars), opts.channels).to(device)
     steps_per_epoch = max(1, len(train_idx) // opts.batch_size)
     optimizer = torch.optim.AdamW(net.parameters(), opts.lr, weight_decay=1e-4)
@@ -202,16 +203,16 @@ def train_refiner(
         order = rng.permutation(train_idx)
         total = 0.0
         for s in track(range(steps_per_epoch), steps_per_epoch, f"refiner epoch {epoch + 1}/{opts.epochs}"):
-            idx = torch.from_numpy(order[s * opts.batch_size : (s + 1) * opts.batch_size])
-            x = _jitter(torch.from_numpy(spec.normalize(crops.images[idx.numpy()])), rng).to(device)
-            loss = F.cross_entropy(net(x), y_all[idx].to(device), label_smoothing=0.05)
+            batch = order[s * opts.batch_size : (s + 1) * opts.batch_size]
+            x = _jitter(torch.from_numpy(spec.normalize(crops.images[batch])), rng).to(device)
+            loss = F.cross_entropy(net(x), y_all[batch].to(device), label_smoothing=0.05)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             total += loss.item()
-        cnn = predict_log_probs(net, spec, crops.images[valid_idx], device)
-        accuracy = combined_accuracy(cnn, crops.main[valid_idx], crops.labels[valid_idx], 0.0)
+        cnn = predict_log_probs(net, spec, valid_crops, device)
+        accuracy = combined_accuracy(cnn, main, labels, 0.0)
         history.append({"epoch": epoch, "train_loss": round(total / steps_per_epoch, 4), "valid_accuracy": accuracy,
                         "seconds": round(time.time() - started, 1)})  # fmt: skip
         log.info("refiner epoch %d: loss %.4f, held-out crop accuracy %.4f", epoch, total / steps_per_epoch, accuracy)
@@ -221,9 +222,8 @@ def train_refiner(
                         "torch_rng": torch.get_rng_state(), "history": history,
                         "seconds": time.time() - started}, state_file)  # fmt: skip
     if first_epoch >= opts.epochs:  # resumed after the last epoch: the held-out log-probs of the saved model
-        cnn = predict_log_probs(net, spec, crops.images[valid_idx], device)
+        cnn = predict_log_probs(net, spec, valid_crops, device)
     net = net.cpu().eval()  # cnn: the last epoch's held-out log-probs, from this very model
-    main, labels = crops.main[valid_idx], crops.labels[valid_idx]
     by_weight = {w: combined_accuracy(cnn, main, labels, w) for w in MAIN_WEIGHTS}
     weight = choose_main_weight(by_weight) if opts.main_weight is None else opts.main_weight
     by_weight.setdefault(weight, combined_accuracy(cnn, main, labels, weight))
