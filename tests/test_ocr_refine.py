@@ -68,6 +68,11 @@ def test_refiner_decides_with_the_cnn_and_the_ctc_score(tmp_path: Path):
     trusting_ctc = Refiner(path, RefineSpec("0Oo", main_weight=2.0), 1, None)
     assert trusting_ctc.refine(["0A0"], log_probs, chars, sources) == ["0A0"]
     assert cnn_only.refine(["A"], _log_probs([2], 4), chars, sources) == ["A"]  # nothing of the group: untouched
+    # a weight of its own for the classes allowed here (0 and O: the reading's alphabet has no 'o'), else main_weight
+    own = Refiner(path, RefineSpec("0Oo", main_weight=2.0, main_weights={"0O": 0.0, "0o": 2.0}), 1, None)
+    assert own.refine(["0A0"], log_probs, chars, sources) == ["OAO"]
+    other = Refiner(path, RefineSpec("0Oo", main_weight=2.0, main_weights={"0Oo": 0.0}), 1, None)
+    assert other.refine(["0A0"], log_probs, chars, sources) == ["0A0"]
 
 
 @pytest.fixture(scope="module")
@@ -251,14 +256,73 @@ def test_a_given_main_weight_is_kept_and_said_so():
     crops = Crops(rng.integers(0, 256, (300, 60, 48), dtype=np.uint8), rng.integers(0, 3, 300),
                   rng.normal(size=(300, 3)).astype(np.float32))  # fmt: skip
     train, valid = split_crops(crops, 0.1, 0)
-    for given, source in ((None, "held-out crops (choose_main_weight)"), (0.7, "--main-weight")):
+    for given, source in ((None, "held-out crops, per alphabet"), (0.7, "--main-weight")):
         opts = RefineOptions(epochs=1, batch_size=64, channels=(8, 8, 8, 8), device="cpu", main_weight=given)
         _, spec, report = train_refiner(crops, RefineSpec("0Oo"), opts, train, valid)
         assert report["main_weight_from"] == source
         assert spec.main_weight == (0.7 if given else choose_from(report["accuracy_by_main_weight"]))
+        assert spec.main_weights == {}  # 30 held-out crops: too few for a weight per alphabet
+
+
+def test_each_alphabet_gets_the_weight_best_for_it():
+    from captchalab.training.ocr_refine import MIN_ALPHABET_CROPS, allowed_classes, weights_by_alphabet
+
+    n = MIN_ALPHABET_CROPS
+    rows = np.arange(3 * n)
+    labels = np.where(rows < 2 * n, rows % 2, 2 * (rows % 2))  # 2n crops of '0' / 'O', then n of '0' / 'o'
+    other = np.where(rows < 2 * n, 1 - labels, 2 - labels)  # the other class allowed there
+    wrong = rows % 5 == 0  # the CNN prefers the other class for every fifth crop
+    cnn = np.full((3 * n, 3), np.log(0.2))
+    cnn[rows, np.where(wrong, other, labels)] = np.log(0.6)
+    main = np.full((3 * n, 3), -np.inf, dtype=np.float32)
+    main[rows, labels], main[rows, other] = 0.0, 0.0
+    main[rows[: 2 * n], other[: 2 * n]] = 5.0  # for 0 / O the CTC model is always wrong, for 0 / o always right
+    main[rows[2 * n :], labels[2 * n :]] = 5.0
+    assert allowed_classes(main[[0, -1]], "0Oo").tolist() == ["0O", "0o"]
+    found = weights_by_alphabet(cnn, main, labels, "0Oo")
+    assert found["0O"]["crops"] == 2 * n and found["0o"]["crops"] == n
+    assert found["0O"]["accuracy_by_main_weight"][0.0] == pytest.approx(0.8)
+    assert found["0O"]["accuracy_by_main_weight"][1.0] == 0.0 and found["0O"]["chosen"] == 0.0
+    assert found["0o"]["accuracy_by_main_weight"][1.0] == 1.0 and found["0o"]["chosen"] == 2.0  # ties: the largest
+    assert weights_by_alphabet(cnn[:10], main[:10], labels[:10], "0Oo") == {}  # too few crops for a weight
 
 
 def choose_from(by_weight: dict[str, float]) -> float:
     from captchalab.training.ocr_refine import choose_main_weight
 
     return choose_main_weight({float(w): a for w, a in by_weight.items()})
+
+
+def test_refine_can_start_from_a_bundles_refiner(look_alike_data: Path, tmp_path: Path):
+    out = tmp_path / "more"
+    run_cli("ocr", "refine", "default", str(look_alike_data), "--out", str(out), "--epochs", "1", "--lr", "2e-4",
+            "--init", "default")  # fmt: skip
+    training = json.loads((out / "manifest.json").read_text())["refiner"]["training"]
+    init = training["initialised_from"]
+    assert init["bundle"] == "default" and init["file"] == "refiner.fp32.onnx" and "data" in init
+    assert init["valid_accuracy_before"] > 0.8  # the shipped refiner already knows these crops
+    assert training["options"]["init"] == "default"
+    # what cannot start from it is said before any crop is collected
+    for flags, said in ((["--chars", "0O"], "give the same --chars"), (["--channels", "8,16,16,24"],
+                        "give --channels 32,64,96,128")):  # fmt: skip
+        done = run_cli("ocr", "refine", "default", str(tmp_path / "missing"), "--out", str(tmp_path / "x"),
+                       "--init", "default", *flags, check=False)  # fmt: skip
+        assert done.returncode == 2 and said in done.stderr_text
+
+
+def test_a_started_refiner_is_the_bundles_and_its_batch_norms_fit_the_new_crops():
+    torch = pytest.importorskip("torch")
+    from captchalab.models.ocr_refiner import RefinerNet
+    from captchalab.training.refiner_init import start_from
+
+    spec = RefineSpec("0Oo")
+    crops = np.random.default_rng(0).integers(0, 256, (512, 60, 48), dtype=np.uint8)
+    net = RefinerNet(3)
+    start_from(net, "default", spec, crops, torch.device("cpu"))  # raises if it differs from the ONNX refiner
+    x = torch.from_numpy(spec.normalize(crops[:256]))
+    with torch.no_grad():
+        net.eval()
+        settled = net.features(x)
+        net.train()  # batch statistics: about the running ones, so training starts where the bundle left off
+        batch = net.features(x)
+    assert float((batch - settled).abs().max() / settled.abs().max()) < 0.05  # 1.2 without the calibration

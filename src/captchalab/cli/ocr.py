@@ -8,11 +8,15 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from captchalab.errors import CaptchalabError
 from captchalab.folders import make_folder
+
+if TYPE_CHECKING:
+    from captchalab.runtime.ocr_refine import RefineSpec
 
 app = typer.Typer(help="Text captchas: generate data, train, export, evaluate, read.", no_args_is_help=True)
 
@@ -184,6 +188,11 @@ def refine(
         help="Weight of the CTC model's log-probability next to the classifier's, fixed (e.g. one chosen on "
         "development sets) instead of chosen on the held-out crops.",
     ),
+    init: str | None = typer.Option(
+        None,
+        help="Start from this bundle's refiner ('default' or a folder; same --chars and --channels) instead of random "
+        "weights: more training on new data, best with a smaller --lr.",
+    ),
     data_statement: str | None = typer.Option(None, help="What DATA is (how it was made), for the manifest."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue an interrupted run of this same command from its last finished epoch."
@@ -205,6 +214,7 @@ def refine(
         split_crops,
         train_refiner,
     )
+    from captchalab.training.refiner_init import init_source
 
     group = "".join(dict.fromkeys(chars))
     if len(group) < 2:
@@ -216,8 +226,10 @@ def refine(
     widths = _parse_channels(channels)
     check_refinable(model, out)  # before the long work
     opts = RefineOptions(chars=group, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                         channels=widths, main_weight=main_weight)  # fmt: skip
+                         channels=widths, main_weight=main_weight, init=init)  # fmt: skip
     spec = RefineSpec(group, opts.height, opts.width)
+    if init is not None:
+        init_source(init, spec, widths)
     work = progress_folder(out)
     # through JSON, as job.json stores it (tuples become lists), so that a resumed job compares equal
     job = json.loads(json.dumps({"model": model, "data": str(data.resolve()), "options": vars(opts)}))
@@ -239,8 +251,14 @@ def refine(
     typer.echo(
         f"wrote {out}: {report['crops']['train']} crops learnt; on {report['crops']['valid']} held-out crops the "
         f"CTC model alone is right {accuracy['ctc_model']:.4f}, with the refiner {accuracy['combined']:.4f} "
-        f"(main weight {spec.main_weight})"
+        f"(CTC weight {_weights_text(spec)})"
     )
+
+
+def _weights_text(spec: RefineSpec) -> str:
+    """'0.25' or '0.25; 0O: 0.0, 0o: 0.5' (the weight for other alphabets first)."""
+    own = ", ".join(f"{k}: {w}" for k, w in spec.main_weights.items())
+    return f"{spec.main_weight}; {own}" if own else str(spec.main_weight)
 
 
 def _check_refine_job(work: Path, job: dict, resume: bool) -> None:

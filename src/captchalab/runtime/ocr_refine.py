@@ -9,7 +9,7 @@ again, so images without them cost nothing extra. onnxruntime and numpy only.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +28,21 @@ class RefineSpec:
     width: int = 48  # ... and a crop this wide is cut around each character
     mean: float = 0.5
     std: float = 0.5
-    main_weight: float = 0.5  # weight of the CTC model's log-probability next to the classifier's
+    main_weight: float = 0.5  # weight of the CTC model's log-probability next to the classifier's ...
+    # ... or, by the classes the reading's alphabet allows there (e.g. "0O" in an A-Z0-9 captcha), one of these
+    main_weights: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> RefineSpec:
-        return cls(**{k: data[k] for k in ("chars", "height", "width", "mean", "std", "main_weight") if k in data})
+        keys = ("chars", "height", "width", "mean", "std", "main_weight", "main_weights")
+        return cls(**{k: data[k] for k in keys if k in data})
+
+    def weight_for(self, allowed: str) -> float:
+        """The CTC model's weight where the classes ``allowed`` (in ``chars`` order) are the possible answers."""
+        return self.main_weights.get(allowed, self.main_weight)
 
     def source(self, image: Image.Image) -> np.ndarray:
         """RGB PIL image -> (height, W') uint8 grey, aspect kept: what crops are cut from."""
@@ -141,20 +148,23 @@ class Refiner:
     def refine(self, texts: list[str], log_probs: np.ndarray, chars: str, images: Sequence[Image.Image]) -> list[str]:
         """Greedy readings of (B, T, K+1) ``log_probs`` over ``chars`` -> readings with the group's characters
         decided again: classifier log-probability (summed over classes that output the same character) plus
-        ``main_weight`` times the CTC model's best log-probability for that character over the character's steps."""
+        the CTC model's best log-probability for that character over the character's steps, times its weight for the
+        classes allowed there (``RefineSpec.weight_for``)."""
         found = candidates(texts, log_probs, chars, self.spec.chars)
         if not found:
             return texts
         sources = sources_of(self.spec, images, found)
         crops = np.stack([c.crop(self.spec, sources[c.row], log_probs.shape[1]) for c in found])
         scores = self.log_probs(crops)  # (N, G)
-        to_output = _output_char(chars)
+        outputs = list(map(_output_char(chars), self.spec.chars))  # what each class counts for (or None)
         edited = [list(t) for t in texts]
         for c, row in zip(found, scores):
+            allowed = "".join(g for g, out in zip(self.spec.chars, outputs) if out is not None and out in c.options)
+            weight = self.spec.weight_for(allowed)
             best, best_score = None, -np.inf
             for option in c.options:
-                mine = [row[i] for i, g in enumerate(self.spec.chars) if to_output(g) == option]
-                score = np.logaddexp.reduce(mine) + self.spec.main_weight * c.ctc_score(log_probs, chars, option)
+                mine = [row[i] for i, out in enumerate(outputs) if out == option]
+                score = np.logaddexp.reduce(mine) + weight * c.ctc_score(log_probs, chars, option)
                 if score > best_score:
                     best, best_score = option, score
             edited[c.row][c.position] = best

@@ -33,6 +33,7 @@ from captchalab.runtime.ocr import OcrReader
 from captchalab.runtime.ocr_refine import RefineSpec, candidates, sources_of
 from captchalab.training.checkpoint import load_torch, save_arrays, save_torch
 from captchalab.training.distributed import resolve_device
+from captchalab.training.refiner_init import CALIBRATION_CROPS, start_from
 
 log = logging.getLogger(__name__)
 MAIN_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)  # candidates for RefineSpec.main_weight, picked on held-out crops
@@ -40,6 +41,8 @@ MAIN_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)  # candidates for RefineSpec.main_weig
 # safer side: with weight 0 rather than 0.25, the default refiner read 5 of 32,773 held-out crops better but lost
 # 0.6 pt on the 5-6 char a-z0-9 development set, where the CTC model's alphabet context matters)
 WEIGHT_TIE = 0.0005
+# Held-out crops an alphabet (the classes allowed there, e.g. "0O" in A-Z0-9 captchas) needs for a weight of its own
+MIN_ALPHABET_CROPS = 500
 
 
 @dataclass
@@ -55,6 +58,7 @@ class RefineOptions:
     width: int = 48
     channels: tuple[int, int, int, int] = (32, 64, 96, 128)  # RefinerNet widths
     main_weight: float | None = None  # fixed RefineSpec.main_weight; None: chosen on the held-out crops
+    init: str | None = None  # a bundle whose refiner to start from (training/refiner_init.py); None: random weights
 
 
 @dataclass
@@ -156,8 +160,9 @@ def split_crops(crops: Crops, fraction: float, seed: int) -> tuple[np.ndarray, n
     return order[n_valid:], order[:n_valid]
 
 
-def combined_accuracy(cnn: np.ndarray, main: np.ndarray, labels: np.ndarray, weight: float) -> float:
-    """Accuracy of the runtime's rule (CNN log-prob + weight x CTC log-prob, over the classes allowed there)."""
+def combined_accuracy(cnn: np.ndarray, main: np.ndarray, labels: np.ndarray, weight: float | np.ndarray) -> float:
+    """Accuracy of the runtime's rule (CNN log-prob + weight x CTC log-prob, over the classes allowed there);
+    ``weight``: one for all crops, or (N, 1) one per crop."""
     score = np.where(np.isfinite(main), cnn + weight * np.where(np.isfinite(main), main, 0.0), -np.inf)
     return float((score.argmax(-1) == labels).mean())
 
@@ -170,7 +175,8 @@ def train_refiner(
     valid_idx: np.ndarray,
     state_file: Path | None = None,
 ) -> tuple[RefinerNet, RefineSpec, dict]:
-    """Fit the CNN on the crops ``train_idx``, choose ``main_weight`` on ``valid_idx`` (see ``split_crops``);
+    """Fit the CNN on the crops ``train_idx`` (from random weights, or ``opts.init``'s refiner), choose the CTC
+    model's weights (``main_weight``, ``main_weights``) on ``valid_idx`` (see ``split_crops``);
     returns (model on CPU, eval mode), the spec with that weight, and a report. With ``state_file``, the state is
     saved there after every epoch and, when the file exists, training continues from it (the same result as
     without the interruption)."""
@@ -187,7 +193,13 @@ def train_refiner(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, opts.lr, total_steps=opts.epochs * steps_per_epoch,
                                                    pct_start=0.1)  # fmt: skip
     history: list[dict] = []
-    first_epoch, earlier_seconds = 0, 0.0
+    first_epoch, earlier_seconds, init = 0, 0.0, None
+    if opts.init is not None and not (state_file is not None and state_file.exists()):
+        init = start_from(net, opts.init, spec, crops.images[train_idx[:CALIBRATION_CROPS]], device)
+        init["valid_accuracy_before"] = combined_accuracy(predict_log_probs(net, spec, valid_crops, device), main,
+                                                          labels, 0.0)  # fmt: skip
+        log.info("the refiner of %s reads %.4f of the held-out crops before training", opts.init,
+                 init["valid_accuracy_before"])  # fmt: skip
     if state_file is not None and state_file.exists():
         state = load_torch(state_file)
         net.load_state_dict(state["net"])
@@ -196,6 +208,7 @@ def train_refiner(
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         first_epoch, history, earlier_seconds = state["epoch"], state["history"], state["seconds"]
+        init = state.get("init")
         log.info("resuming the refiner after epoch %d of %d", first_epoch, opts.epochs)
     started = time.time() - earlier_seconds
     for epoch in range(first_epoch, opts.epochs):
@@ -219,14 +232,20 @@ def train_refiner(
         if state_file is not None:
             save_torch({"epoch": epoch + 1, "net": net.state_dict(), "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(), "numpy_rng": rng.bit_generator.state,
-                        "torch_rng": torch.get_rng_state(), "history": history,
+                        "torch_rng": torch.get_rng_state(), "history": history, "init": init,
                         "seconds": time.time() - started}, state_file)  # fmt: skip
     if first_epoch >= opts.epochs:  # resumed after the last epoch: the held-out log-probs of the saved model
         cnn = predict_log_probs(net, spec, valid_crops, device)
     net = net.cpu().eval()  # cnn: the last epoch's held-out log-probs, from this very model
     by_weight = {w: combined_accuracy(cnn, main, labels, w) for w in MAIN_WEIGHTS}
-    weight = choose_main_weight(by_weight) if opts.main_weight is None else opts.main_weight
-    by_weight.setdefault(weight, combined_accuracy(cnn, main, labels, weight))
+    by_alphabet = weights_by_alphabet(cnn, main, labels, spec.chars)
+    if opts.main_weight is None:  # one weight per alphabet with enough crops, and one for the rest
+        weight, weights = choose_main_weight(by_weight), {k: v["chosen"] for k, v in by_alphabet.items()}
+    else:
+        weight, weights = opts.main_weight, {}
+        by_weight.setdefault(weight, combined_accuracy(cnn, main, labels, weight))
+    chosen = RefineSpec(**{**spec.to_dict(), "main_weight": weight, "main_weights": weights})
+    per_crop = np.array([chosen.weight_for(k) for k in allowed_classes(main, spec.chars)], dtype=np.float32)
     report = {
         "crops": {
             "train": len(train_idx),
@@ -236,14 +255,37 @@ def train_refiner(
         "valid_accuracy": {
             "ctc_model": combined_accuracy(np.zeros_like(cnn), main, labels, 1.0),
             "refiner": by_weight[0.0],
-            "combined": by_weight[weight],
+            "combined": combined_accuracy(cnn, main, labels, per_crop[:, None]),
         },  # fmt: skip
         "accuracy_by_main_weight": {str(w): a for w, a in by_weight.items()},
-        "main_weight_from": "held-out crops (choose_main_weight)" if opts.main_weight is None else "--main-weight",
+        "accuracy_by_alphabet": by_alphabet,
+        "main_weight_from": "--main-weight" if opts.main_weight is not None else "held-out crops, per alphabet",
         "history": history,
         "skipped_images": len(crops.skipped),
     }
-    return net, RefineSpec(**{**spec.to_dict(), "main_weight": weight}), report
+    if init is not None:
+        report["initialised_from"] = init
+    return net, chosen, report
+
+
+def allowed_classes(main: np.ndarray, chars: str) -> np.ndarray:
+    """(N, G) CTC scores of collected crops -> (N,) the classes each crop's alphabet allowed, e.g. "0O" (the key of
+    ``RefineSpec.main_weights``)."""
+    return np.array(["".join(c for c, ok in zip(chars, row) if ok) for row in np.isfinite(main)])
+
+
+def weights_by_alphabet(cnn: np.ndarray, main: np.ndarray, labels: np.ndarray, chars: str) -> dict[str, dict]:
+    """Held-out accuracy by CTC weight for each alphabet with at least MIN_ALPHABET_CROPS crops, and its choice."""
+    allowed = allowed_classes(main, chars)
+    found = {}
+    for key in sorted(set(allowed.tolist()), key=lambda k: (len(k), k)):
+        rows = allowed == key
+        if rows.sum() < MIN_ALPHABET_CROPS:
+            continue
+        by_weight = {w: combined_accuracy(cnn[rows], main[rows], labels[rows], w) for w in MAIN_WEIGHTS}
+        found[key] = {"crops": int(rows.sum()), "accuracy_by_main_weight": by_weight,
+                      "chosen": choose_main_weight(by_weight)}  # fmt: skip
+    return found
 
 
 def choose_main_weight(by_weight: dict[float, float]) -> float:
