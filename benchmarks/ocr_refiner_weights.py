@@ -21,12 +21,12 @@ from captchalab.runtime.bundle import load_bundle
 from captchalab.runtime.ocr_refine import Refiner, RefineSpec
 from captchalab.training.ocr_refine import (
     MAIN_WEIGHTS,
-    choose_main_weight,
     collect_crops,
     combined_accuracy,
     load_crops,
     save_crops,
     split_crops,
+    weights_by_alphabet,
 )
 
 
@@ -47,24 +47,19 @@ def main() -> None:
             save_crops(crops, args.crops)
     _, valid = split_crops(crops, 0.1, 0)
     main_scores, labels = crops.main[valid], crops.labels[valid]
-    allowed = np.array(["".join(c for c, ok in zip(spec.chars, row) if ok) for row in np.isfinite(main_scores)])
     files = {"as shipped": bundle.file("refiner")}  # int8 in the default bundle
     if (bundle.path / REFINER_FP32_FILE).is_file():
         files["fp32 original"] = bundle.path / REFINER_FP32_FILE
-    result = {"model": args.model, "shipped_main_weight": spec.main_weight, "held_out_crops": len(valid),
-              "refiners": {}}  # fmt: skip
+    result = {"model": args.model, "shipped_main_weight": spec.main_weight, "shipped_main_weights": spec.main_weights,
+              "held_out_crops": len(valid), "refiners": {}}  # fmt: skip
     for precision, file in files.items():
         refiner = Refiner(file, spec, None, None)
         images = crops.images[valid]
         cnn = np.concatenate([refiner.log_probs(images[i : i + 1024]) for i in range(0, len(images), 1024)])
-        groups = {}
-        for options in sorted(set(allowed), key=len):
-            rows = allowed == options
-            by_weight = {w: combined_accuracy(cnn[rows], main_scores[rows], labels[rows], w) for w in MAIN_WEIGHTS}
-            groups[options] = {"crops": int(rows.sum()), "accuracy_by_main_weight": by_weight,
-                               "chosen": choose_main_weight(by_weight)}  # fmt: skip
-            cells = "  ".join(f"{w}: {a:.4f}" for w, a in by_weight.items())
-            print(f"{precision:13s}  {options:4s} {int(rows.sum()):6d} crops  {cells}  -> {groups[options]['chosen']}")
+        groups = weights_by_alphabet(cnn, main_scores, labels, spec.chars)
+        for options, group in groups.items():
+            cells = "  ".join(f"{w}: {a:.4f}" for w, a in group["accuracy_by_main_weight"].items())
+            print(f"{precision:13s}  {options:4s} {group['crops']:6d} crops  {cells}  -> {group['chosen']}")
         everything = {w: combined_accuracy(cnn, main_scores, labels, w) for w in MAIN_WEIGHTS}
         groups["all"] = {"crops": len(valid), "accuracy_by_main_weight": everything}
         cells = "  ".join(f"{w}: {a:.4f}" for w, a in everything.items())

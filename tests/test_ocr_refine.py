@@ -296,15 +296,19 @@ def choose_from(by_weight: dict[str, float]) -> float:
 def test_refine_can_start_from_a_bundles_refiner(look_alike_data: Path, tmp_path: Path):
     out = tmp_path / "more"
     run_cli("ocr", "refine", "default", str(look_alike_data), "--out", str(out), "--epochs", "1", "--lr", "2e-4",
-            "--init", "default")  # fmt: skip
-    training = json.loads((out / "manifest.json").read_text())["refiner"]["training"]
+            "--init", "default", "--main-weight", "0.5", "--main-weight", "O0=0")  # fmt: skip
+    refiner = json.loads((out / "manifest.json").read_text())["refiner"]
+    assert refiner["main_weight"] == 0.5 and refiner["main_weights"] == {"0O": 0.0}  # in the order of --chars
+    training = refiner["training"]
+    assert training["main_weight_from"] == "--main-weight for 0O; --main-weight for the rest"
     init = training["initialised_from"]
     assert init["bundle"] == "default" and init["file"] == "refiner.fp32.onnx" and "data" in init
     assert init["valid_accuracy_before"] > 0.8  # the shipped refiner already knows these crops
     assert training["options"]["init"] == "default"
     # what cannot start from it is said before any crop is collected
     for flags, said in ((["--chars", "0O"], "give the same --chars"), (["--channels", "8,16,16,24"],
-                        "give --channels 32,64,96,128")):  # fmt: skip
+                        "give --channels 32,64,96,128"), (["--main-weight", "0X=1"], "name two or more of the"),
+                        (["--main-weight", "0O=-1"], "must be a number >= 0")):  # fmt: skip
         done = run_cli("ocr", "refine", "default", str(tmp_path / "missing"), "--out", str(tmp_path / "x"),
                        "--init", "default", *flags, check=False)  # fmt: skip
         assert done.returncode == 2 and said in done.stderr_text

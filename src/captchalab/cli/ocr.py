@@ -183,10 +183,11 @@ def refine(
     channels: str = typer.Option(
         "32,64,96,128", help="Widths of the classifier's four convolution stages (16,32,64,96 trains ~4x faster)."
     ),
-    main_weight: float | None = typer.Option(
+    main_weight: list[str] | None = typer.Option(
         None,
         help="Weight of the CTC model's log-probability next to the classifier's, fixed (e.g. one chosen on "
-        "development sets) instead of chosen on the held-out crops.",
+        "development sets) instead of chosen on the held-out crops: W for all alphabets, or CLASSES=W for one (the "
+        "classes its alphabet allows, e.g. 0O=0 for A-Z0-9 captchas); repeatable.",
     ),
     init: str | None = typer.Option(
         None,
@@ -221,12 +222,11 @@ def refine(
         raise CaptchalabError(f"--chars {chars!r}: give at least two characters that look alike")
     if not (math.isfinite(lr) and lr > 0):
         raise CaptchalabError(f"--lr must be a positive number, not {lr!r}")
-    if main_weight is not None and not (math.isfinite(main_weight) and main_weight >= 0):
-        raise CaptchalabError(f"--main-weight must be a number >= 0, not {main_weight!r}")
+    every, by_alphabet = _parse_main_weights(main_weight or [], group)
     widths = _parse_channels(channels)
     check_refinable(model, out)  # before the long work
     opts = RefineOptions(chars=group, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                         channels=widths, main_weight=main_weight, init=init)  # fmt: skip
+                         channels=widths, main_weight=every, main_weights=by_alphabet, init=init)  # fmt: skip
     spec = RefineSpec(group, opts.height, opts.width)
     if init is not None:
         init_source(init, spec, widths)
@@ -253,6 +253,27 @@ def refine(
         f"CTC model alone is right {accuracy['ctc_model']:.4f}, with the refiner {accuracy['combined']:.4f} "
         f"(CTC weight {_weights_text(spec)})"
     )
+
+
+def _parse_main_weights(given: list[str], group: str) -> tuple[float | None, dict[str, float]]:
+    """--main-weight values ('0.25', '0O=0') -> (the weight for all alphabets or None, weights by alphabet)."""
+    every, by_alphabet = None, {}
+    for text in given:
+        key, _, value = text.rpartition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = math.nan
+        if not (math.isfinite(weight) and weight >= 0):
+            raise CaptchalabError(f"--main-weight {text!r}: the weight must be a number >= 0")
+        if not key:
+            every = weight
+            continue
+        ordered = "".join(c for c in group if c in key)
+        if len(key) < 2 or sorted(key) != sorted(ordered):
+            raise CaptchalabError(f"--main-weight {text!r}: name two or more of the --chars {group!r} before '='")
+        by_alphabet[ordered] = weight
+    return every, by_alphabet
 
 
 def _weights_text(spec: RefineSpec) -> str:

@@ -58,6 +58,7 @@ class RefineOptions:
     width: int = 48
     channels: tuple[int, int, int, int] = (32, 64, 96, 128)  # RefinerNet widths
     main_weight: float | None = None  # fixed RefineSpec.main_weight; None: chosen on the held-out crops
+    main_weights: dict[str, float] = field(default_factory=dict)  # fixed weights of some alphabets (e.g. {"0O": 0})
     init: str | None = None  # a bundle whose refiner to start from (training/refiner_init.py); None: random weights
 
 
@@ -244,6 +245,7 @@ def train_refiner(
     else:
         weight, weights = opts.main_weight, {}
         by_weight.setdefault(weight, combined_accuracy(cnn, main, labels, weight))
+    weights.update(opts.main_weights)
     chosen = RefineSpec(**{**spec.to_dict(), "main_weight": weight, "main_weights": weights})
     per_crop = np.array([chosen.weight_for(k) for k in allowed_classes(main, spec.chars)], dtype=np.float32)
     report = {
@@ -259,13 +261,20 @@ def train_refiner(
         },  # fmt: skip
         "accuracy_by_main_weight": {str(w): a for w, a in by_weight.items()},
         "accuracy_by_alphabet": by_alphabet,
-        "main_weight_from": "--main-weight" if opts.main_weight is not None else "held-out crops, per alphabet",
+        "main_weight_from": _weights_from(opts),
         "history": history,
         "skipped_images": len(crops.skipped),
     }
     if init is not None:
         report["initialised_from"] = init
     return net, chosen, report
+
+
+def _weights_from(opts: RefineOptions) -> str:
+    """Where the CTC weights came from, for the report."""
+    rest = "--main-weight" if opts.main_weight is not None else "held-out crops, per alphabet"
+    given = ", ".join(opts.main_weights)
+    return f"--main-weight for {given}; {rest} for the rest" if given else rest
 
 
 def allowed_classes(main: np.ndarray, chars: str) -> np.ndarray:
