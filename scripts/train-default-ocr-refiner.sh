@@ -23,5 +23,24 @@ STATEMENT="460,000 synthetic 160x60 captchas made by captchalab ocr generate (sc
 $cl ocr refine src/captchalab/assets/ocr-default "$DATA" --out "$RUN" --chars 0Oo --epochs 6 --channels 32,64,96,128 --seed 0 \
     --main-weight 0.25 --data-statement "$STATEMENT"  # weight chosen on the development sets (see the README)
 python benchmarks/ocr_refiner_dev.py --model "$RUN"
-rm -rf src/captchalab/assets/ocr-default && cp -r "$RUN" src/captchalab/assets/ocr-default
+
+# Stage 2: the same mix again with new seeds (another 460k captchas, ~10 min), crops collected by the default model
+# (~6 min, 655k crops), 3 epochs starting from the stage-1 refiner (--init; ~50 min).
+DATA2=${DATA2:-data/ocr-refiner2}
+RUN2=${RUN2:-runs/ft/ocr-default}
+$cl ocr generate "$DATA2/a" --count 70000 --style captcha --charset upper+digits --length 4   --favour 0O:0.3  --seed 121 --workers 2
+$cl ocr generate "$DATA2/b" --count 40000 --style captcha --charset alnum        --length 4-6 --favour 0Oo:0.3 --seed 122 --workers 2
+$cl ocr generate "$DATA2/c" --count 15000 --style captcha --charset lower+digits --length 4-6 --favour 0o:0.3  --seed 123 --workers 2
+$cl ocr generate "$DATA2/d" --count 35000 --style builtin --charset alnum        --length 4-6 --favour 0Oo:0.3 --seed 124 --workers 2
+$cl ocr generate "$DATA2/e" --count 70000 --style captcha --charset upper+digits --length 4   --favour 0O:0.3  --seed 125 --workers 2
+$cl ocr generate "$DATA2/f" --count 70000 --style captcha --charset upper+digits --length 4   --favour 0O:0.3  --seed 126 --workers 2
+$cl ocr generate "$DATA2/g" --count 40000 --style captcha --charset alnum        --length 4-6 --favour 0Oo:0.3 --seed 127 --workers 2
+$cl ocr generate "$DATA2/h" --count 15000 --style captcha --charset lower+digits --length 4-6 --favour 0o:0.3  --seed 128 --workers 2
+$cl ocr generate "$DATA2/i" --count 35000 --style builtin --charset alnum        --length 4-6 --favour 0Oo:0.3 --seed 129 --workers 2
+$cl ocr generate "$DATA2/j" --count 70000 --style captcha --charset upper+digits --length 4   --favour 0O:0.3  --seed 130 --workers 2
+STATEMENT2="460,000 more synthetic 160x60 captchas made by captchalab ocr generate, the same mix as the refiner it starts from with new seeds (scripts/train-default-ocr-refiner.sh, second stage), each character one of the look-alikes with probability 0.3 (--favour): 280k captcha-library 4-char A-Z0-9 (0O; seeds 121, 125, 126, 130), 80k captcha-library 4-6-char a-zA-Z0-9 (0Oo; 122, 127), 30k captcha-library 4-6-char a-z0-9 (0o; 123, 128), 70k builtin 4-6-char a-zA-Z0-9 (0Oo; 124, 129); crops of every 0/O/o the default model read in them"
+$cl ocr refine "$RUN" "$DATA2" --out "$RUN2" --chars 0Oo --epochs 3 --lr 1e-3 --channels 32,64,96,128 --seed 0 \
+    --init "$RUN" --data-statement "$STATEMENT2"
+python benchmarks/ocr_refiner_dev.py --model "$RUN2"
+rm -rf src/captchalab/assets/ocr-default && cp -r "$RUN2" src/captchalab/assets/ocr-default
 python scripts/quantize-default-ocr-refiner.py  # int8 refiner, gated on the development sets; fp32 kept beside it

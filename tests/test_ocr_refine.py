@@ -130,8 +130,8 @@ def test_refine_cli_writes_a_bundle_the_reader_uses(look_alike_data: Path, tmp_p
         (["--chars", "0é"], "cannot output 'é'"),
         (["--channels", "8,8,8"], "four widths"),
         (["--channels", "8,x,8,8"], "four widths"),
-        (["--main-weight", "-1"], "--main-weight must be a number >= 0"),
-        (["--main-weight", "nan"], "--main-weight must be a number >= 0"),
+        (["--main-weight", "-1"], "the weight must be a number >= 0"),
+        (["--main-weight", "nan"], "the weight must be a number >= 0"),
     ],
 )
 def test_refine_bad_options_one_line(args: list[str], message: str, look_alike_data: Path, tmp_path: Path):
