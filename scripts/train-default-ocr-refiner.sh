@@ -40,7 +40,7 @@ $cl ocr generate "$DATA2/i" --count 35000 --style builtin --charset alnum       
 $cl ocr generate "$DATA2/j" --count 70000 --style captcha --charset upper+digits --length 4   --favour 0O:0.3  --seed 130 --workers 2
 STATEMENT2="460,000 more synthetic 160x60 captchas made by captchalab ocr generate, the same mix as the refiner it starts from with new seeds (scripts/train-default-ocr-refiner.sh, second stage), each character one of the look-alikes with probability 0.3 (--favour): 280k captcha-library 4-char A-Z0-9 (0O; seeds 121, 125, 126, 130), 80k captcha-library 4-6-char a-zA-Z0-9 (0Oo; 122, 127), 30k captcha-library 4-6-char a-z0-9 (0o; 123, 128), 70k builtin 4-6-char a-zA-Z0-9 (0Oo; 124, 129); crops of every 0/O/o the default model read in them"
 $cl ocr refine "$RUN" "$DATA2" --out "$RUN2" --chars 0Oo --epochs 3 --lr 1e-3 --channels 32,64,96,128 --seed 0 \
-    --init "$RUN" --data-statement "$STATEMENT2"
+    --init "$RUN" --main-weight 0.25 --main-weight 0O=0 --data-statement "$STATEMENT2"  # weights: see the README
 python benchmarks/ocr_refiner_dev.py --model "$RUN2"
 rm -rf src/captchalab/assets/ocr-default && cp -r "$RUN2" src/captchalab/assets/ocr-default
 python scripts/quantize-default-ocr-refiner.py  # int8 refiner, gated on the development sets; fp32 kept beside it
