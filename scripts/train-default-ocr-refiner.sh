@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
-# Add the refiner of look-alike characters (0 / O / o) to the shipped default OCR bundle.
-# About 460k generated captchas in which each character is one of the group with probability 0.3 (~10 min), crops
-# collected by the default model (~6 min; 655k crops, 1.9 GB in memory), 6 epochs of a small CNN (~100 min on a
-# 2-core CPU; if interrupted, run the refine line again with --resume); then gated on the development sets (seeds
-# 8001-8005: no set may lose more than 0.3 pt) before it replaces the shipped bundle, and made int8
-# (scripts/quantize-default-ocr-refiner.py, its own gate).
+# Add the refiner of look-alike characters (0 / O / o) to the shipped default OCR bundle, in two stages. Each stage:
+# about 460k generated captchas in which each character is one of the group with probability 0.3 (~10 min), crops
+# collected by the default model (~6 min; 655k crops, 1.9 GB in memory), then a small CNN: 6 epochs from scratch
+# (~100 min on a 2-core CPU), then 3 more from there on the second stage's captchas (~50 min). If interrupted, run
+# the refine line again with --resume. Gated on the development sets (seeds 8001-8005: no set may lose more than
+# 0.3 pt) before it replaces the shipped bundle, and made int8 (scripts/quantize-default-ocr-refiner.py, its own gate).
 set -euo pipefail
 DATA=${DATA:-data/ocr-refiner}
 RUN=${RUN:-runs/ocr-default}  # named like the shipped bundle: the manifest takes the folder's name
 cl=captchalab
-$cl ocr generate "$DATA/a" --count 70000 --style captcha --charset upper+digits --length 4   --favour 0O:0.3  --seed 111 --workers 2
-$cl ocr generate "$DATA/b" --count 40000 --style captcha --charset alnum        --length 4-6 --favour 0Oo:0.3 --seed 112 --workers 2
-$cl ocr generate "$DATA/c" --count 15000 --style captcha --charset lower+digits --length 4-6 --favour 0o:0.3  --seed 113 --workers 2
-$cl ocr generate "$DATA/d" --count 35000 --style builtin --charset alnum        --length 4-6 --favour 0Oo:0.3 --seed 114 --workers 2
-$cl ocr generate "$DATA/e" --count 70000 --style captcha --charset upper+digits --length 4   --favour 0O:0.3  --seed 115 --workers 2
-$cl ocr generate "$DATA/f" --count 70000 --style captcha --charset upper+digits --length 4   --favour 0O:0.3  --seed 116 --workers 2
-$cl ocr generate "$DATA/g" --count 40000 --style captcha --charset alnum        --length 4-6 --favour 0Oo:0.3 --seed 117 --workers 2
-$cl ocr generate "$DATA/h" --count 15000 --style captcha --charset lower+digits --length 4-6 --favour 0o:0.3  --seed 118 --workers 2
-$cl ocr generate "$DATA/i" --count 35000 --style builtin --charset alnum        --length 4-6 --favour 0Oo:0.3 --seed 119 --workers 2
-$cl ocr generate "$DATA/j" --count 70000 --style captcha --charset upper+digits --length 4   --favour 0O:0.3  --seed 120 --workers 2
+# The mix, five sets in OUT/<the five LETTERS>, seeds SEED to SEED+4: 4-char A-Z0-9 (0O), 4-6-char a-zA-Z0-9 (0Oo),
+# 4-6-char a-z0-9 (0o), builtin 4-6-char a-zA-Z0-9 (0Oo), 4-char A-Z0-9 (0O)
+mix() {
+    local out=$1 l=$2 s=$3
+    $cl ocr generate "$out/${l:0:1}" --count 70000 --style captcha --charset upper+digits --length 4   --favour 0O:0.3  --seed "$s" --workers 2
+    $cl ocr generate "$out/${l:1:1}" --count 40000 --style captcha --charset alnum        --length 4-6 --favour 0Oo:0.3 --seed $((s + 1)) --workers 2
+    $cl ocr generate "$out/${l:2:1}" --count 15000 --style captcha --charset lower+digits --length 4-6 --favour 0o:0.3  --seed $((s + 2)) --workers 2
+    $cl ocr generate "$out/${l:3:1}" --count 35000 --style builtin --charset alnum        --length 4-6 --favour 0Oo:0.3 --seed $((s + 3)) --workers 2
+    $cl ocr generate "$out/${l:4:1}" --count 70000 --style captcha --charset upper+digits --length 4   --favour 0O:0.3  --seed $((s + 4)) --workers 2
+}
+mix "$DATA" abcde 111
+mix "$DATA" fghij 116
 STATEMENT="460,000 synthetic 160x60 captchas made by captchalab ocr generate (scripts/train-default-ocr-refiner.sh), each character one of the look-alikes with probability 0.3 (--favour): 280k captcha-library 4-char A-Z0-9 (0O; seeds 111, 115, 116, 120), 80k captcha-library 4-6-char a-zA-Z0-9 (0Oo; 112, 117), 30k captcha-library 4-6-char a-z0-9 (0o; 113, 118), 70k builtin 4-6-char a-zA-Z0-9 (0Oo; 114, 119); crops of every 0/O/o the default model read in them"
 $cl ocr refine src/captchalab/assets/ocr-default "$DATA" --out "$RUN" --chars 0Oo --epochs 6 --channels 32,64,96,128 --seed 0 \
     --main-weight 0.25 --data-statement "$STATEMENT"  # weight chosen on the development sets (see the README)
@@ -28,16 +30,8 @@ python benchmarks/ocr_refiner_dev.py --model "$RUN"
 # (~6 min, 655k crops), 3 epochs starting from the stage-1 refiner (--init; ~50 min).
 DATA2=${DATA2:-data/ocr-refiner2}
 RUN2=${RUN2:-runs/ft/ocr-default}
-$cl ocr generate "$DATA2/a" --count 70000 --style captcha --charset upper+digits --length 4   --favour 0O:0.3  --seed 121 --workers 2
-$cl ocr generate "$DATA2/b" --count 40000 --style captcha --charset alnum        --length 4-6 --favour 0Oo:0.3 --seed 122 --workers 2
-$cl ocr generate "$DATA2/c" --count 15000 --style captcha --charset lower+digits --length 4-6 --favour 0o:0.3  --seed 123 --workers 2
-$cl ocr generate "$DATA2/d" --count 35000 --style builtin --charset alnum        --length 4-6 --favour 0Oo:0.3 --seed 124 --workers 2
-$cl ocr generate "$DATA2/e" --count 70000 --style captcha --charset upper+digits --length 4   --favour 0O:0.3  --seed 125 --workers 2
-$cl ocr generate "$DATA2/f" --count 70000 --style captcha --charset upper+digits --length 4   --favour 0O:0.3  --seed 126 --workers 2
-$cl ocr generate "$DATA2/g" --count 40000 --style captcha --charset alnum        --length 4-6 --favour 0Oo:0.3 --seed 127 --workers 2
-$cl ocr generate "$DATA2/h" --count 15000 --style captcha --charset lower+digits --length 4-6 --favour 0o:0.3  --seed 128 --workers 2
-$cl ocr generate "$DATA2/i" --count 35000 --style builtin --charset alnum        --length 4-6 --favour 0Oo:0.3 --seed 129 --workers 2
-$cl ocr generate "$DATA2/j" --count 70000 --style captcha --charset upper+digits --length 4   --favour 0O:0.3  --seed 130 --workers 2
+mix "$DATA2" abcde 121
+mix "$DATA2" fghij 126
 STATEMENT2="460,000 more synthetic 160x60 captchas made by captchalab ocr generate, the same mix as the refiner it starts from with new seeds (scripts/train-default-ocr-refiner.sh, second stage), each character one of the look-alikes with probability 0.3 (--favour): 280k captcha-library 4-char A-Z0-9 (0O; seeds 121, 125, 126, 130), 80k captcha-library 4-6-char a-zA-Z0-9 (0Oo; 122, 127), 30k captcha-library 4-6-char a-z0-9 (0o; 123, 128), 70k builtin 4-6-char a-zA-Z0-9 (0Oo; 124, 129); crops of every 0/O/o the default model read in them"
 $cl ocr refine "$RUN" "$DATA2" --out "$RUN2" --chars 0Oo --epochs 3 --lr 1e-3 --channels 32,64,96,128 --seed 0 \
     --init "$RUN" --main-weight 0.25 --main-weight 0O=0 --data-statement "$STATEMENT2"  # weights: see the README
