@@ -178,7 +178,7 @@ def train_refiner(
 ) -> tuple[RefinerNet, RefineSpec, dict]:
     """Fit the CNN on the crops ``train_idx`` (from random weights, or ``opts.init``'s refiner), choose the CTC
     model's weights (``main_weight``, ``main_weights``) on ``valid_idx`` (see ``split_crops``);
-    returns (model on CPU, eval mode), the spec with that weight, and a report. With ``state_file``, the state is
+    returns (model on CPU, eval mode), the spec with those weights, and a report. With ``state_file``, the state is
     saved there after every epoch and, when the file exists, training continues from it (the same result as
     without the interruption)."""
     torch.manual_seed(opts.seed)
