@@ -45,6 +45,42 @@ def test_crop_is_centred_and_repeats_edges():
     assert spec.crop(source, 0.0)[0].tolist() == [0, 0, 0, 0, 1, 2]
     assert spec.crop(source, 1.0).shape == (4, 6)
     assert spec.source(Image.new("RGB", (80, 32))).shape == (4, 10)
+    # moved for the second look: dx columns right, dy rows down, edges repeated
+    assert spec.crop(source, 0.5, dx=2)[0].tolist() == [9, 10, 11, 12, 13, 14]
+    assert spec.crop(source, 0.0, dx=-2)[0].tolist() == [0, 0, 0, 0, 0, 0]
+    rows = np.repeat(np.arange(4, dtype=np.uint8)[:, None], 20, 1)  # row index as value
+    assert spec.crop(rows, 0.5, dy=1)[:, 0].tolist() == [1, 2, 3, 3]
+    assert spec.crop(rows, 0.5, dy=-1)[:, 0].tolist() == [0, 0, 1, 2]
+
+
+class _ScriptedRefiner(Refiner):
+    """A refiner whose classifier answers from a script: probabilities for the centre crops' call, then for the
+    shifted crops' call; it records how many crops each call had."""
+
+    def __init__(self, spec: RefineSpec, answers: list[list[list[float]]]):
+        self.spec, self.answers, self.calls = spec, answers, []
+
+    def log_probs(self, crops: np.ndarray) -> np.ndarray:
+        self.calls.append(len(crops))
+        return np.log(np.asarray(self.answers[len(self.calls) - 1][: len(crops)]))
+
+
+def test_second_look_averages_shifted_crops_where_the_answer_is_close():
+    chars, image = "0AO", [Image.new("RGB", (160, 60), (200, 200, 200))]
+    log_probs = _log_probs([1, 0, 2, 0, 3], 4, sure=0.8)  # "0AO": the CTC model is not used (weight 0)
+    shifts = ((-2, 0), (2, 0))
+    spec = RefineSpec("0O", main_weight=0.0, shifts=shifts, shift_margin=1.0)
+    # centre crops: the first 0 is clearly 0 (margin 2.2), the O is 'O' by a hair; both shifted crops say '0'
+    look = _ScriptedRefiner(spec, [[[0.9, 0.1], [0.45, 0.55]], [[0.9, 0.1], [0.9, 0.1]]])
+    assert look.refine(["0AO"], log_probs, chars, image) == ["0A0"]
+    assert look.calls == [2, 2]  # one more call, with the unsure character's two shifted crops only
+    sure = _ScriptedRefiner(spec, [[[0.9, 0.1], [0.1, 0.9]]])
+    assert sure.refine(["0AO"], log_probs, chars, image) == ["0AO"] and sure.calls == [2]
+    plain = _ScriptedRefiner(RefineSpec("0O", main_weight=0.0), [[[0.9, 0.1], [0.45, 0.55]]])
+    assert plain.refine(["0AO"], log_probs, chars, image) == ["0AO"] and plain.calls == [2]
+    # written to a manifest and read back; a manifest from before the second look has none
+    assert RefineSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert RefineSpec.from_dict({"chars": "0O"}).shifts == ()
 
 
 def test_refiner_decides_with_the_cnn_and_the_ctc_score(tmp_path: Path):
@@ -100,6 +136,8 @@ def test_refine_cli_writes_a_bundle_the_reader_uses(look_alike_data: Path, tmp_p
     assert not (out / "refiner.fp32.onnx").exists() and "refiner.fp32.onnx" not in manifest["sha256"]
     assert "quantization" not in refiner
     assert refiner["main_weight"] in (0.0, 0.25, 0.5, 1.0, 2.0)
+    assert refiner["shifts"] and refiner["shift_margin"] > 0  # new refiners take the second look
+    assert 0.5 < refiner["training"]["valid_accuracy"]["combined_second_look"] <= 1.0
     crops = refiner["training"]["crops"]
     assert crops["train"] > 100 and crops["per_class"]["0"] > 0 and crops["per_class"]["O"] > 0
 
@@ -235,6 +273,24 @@ def test_refine_resume_with_nothing_to_resume(look_alike_data: Path, tmp_path: P
     done = run_cli("ocr", "refine", "default", str(look_alike_data), "--out", str(tmp_path / "b"), "--resume",
                    check=False)  # fmt: skip
     assert done.returncode == 2 and "nothing to resume" in done.stderr_text
+
+
+def test_held_out_second_look_averages_the_shifted_crops():
+    torch = pytest.importorskip("torch")
+    from captchalab.models.ocr_refiner import RefinerNet
+    from captchalab.training.ocr_refine import predict_log_probs, second_look
+
+    torch.manual_seed(0)
+    net, device = RefinerNet(2, (8, 8, 8, 8)).eval(), torch.device("cpu")
+    spec = RefineSpec("0O", shifts=((0, 1),), shift_margin=1.0)
+    images = np.random.default_rng(0).integers(0, 256, (2, 60, 48), dtype=np.uint8)
+    cnn = np.log(np.array([[0.5, 0.5], [0.99, 0.01]]))  # the first is unsure, the second is not
+    main = np.zeros((2, 2), dtype=np.float32)
+    looked = second_look(net, spec, images, cnn, main, np.zeros((2, 1)), device)
+    moved = np.concatenate([images[:1, 1:], images[:1, -1:]], 1)  # one row down, the last row repeated
+    expected = np.log((0.5 + np.exp(predict_log_probs(net, spec, moved, device)[0])) / 2)
+    assert np.allclose(looked[0], expected, atol=1e-5) and np.array_equal(looked[1], cnn[1])
+    assert second_look(net, RefineSpec("0O"), images, cnn, main, np.zeros((2, 1)), device) is cnn
 
 
 def test_main_weight_ties_lean_on_the_ctc_model():

@@ -207,6 +207,8 @@ def refine(
     from captchalab.runtime.ocr_refine import RefineSpec
     from captchalab.training.checkpoint import write_json
     from captchalab.training.ocr_refine import (
+        SECOND_LOOK_MARGIN,
+        SECOND_LOOK_SHIFTS,
         RefineOptions,
         collect_crops,
         load_crops,
@@ -227,7 +229,7 @@ def refine(
     check_refinable(model, out)  # before the long work
     opts = RefineOptions(chars=group, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                          channels=widths, main_weight=every, main_weights=by_alphabet, init=init)  # fmt: skip
-    spec = RefineSpec(group, opts.height, opts.width)
+    spec = RefineSpec(group, opts.height, opts.width, shifts=SECOND_LOOK_SHIFTS, shift_margin=SECOND_LOOK_MARGIN)
     if init is not None:
         init_source(init, spec, widths)
     work = progress_folder(out)
@@ -251,7 +253,7 @@ def refine(
     typer.echo(
         f"wrote {out}: {report['crops']['train']} crops learnt; on {report['crops']['valid']} held-out crops the "
         f"CTC model alone is right {accuracy['ctc_model']:.4f}, with the refiner {accuracy['combined']:.4f} "
-        f"(CTC weight {_weights_text(spec)})"
+        f"(CTC weight {_weights_text(spec)}), with its second look {accuracy['combined_second_look']:.4f}"
     )
 
 

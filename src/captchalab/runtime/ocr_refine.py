@@ -3,7 +3,9 @@ around each such character the CTC model emitted, and its scores are added to th
 
 The CTC model sees the captcha shrunk to its input size (112x32 for the default), where the few pixels that tell an
 unslashed zero from a capital O are gone; the crop keeps them. Only characters of the refiner's group are looked at
-again, so images without them cost nothing extra. onnxruntime and numpy only.
+again, so images without them cost nothing extra. Where the two best answers for a character are close, the
+classifier takes a second look: it reads crops shifted by a pixel or two as well (the CTC step that places a crop is
+4 source pixels wide) and averages its probabilities over them. onnxruntime and numpy only.
 """
 
 from __future__ import annotations
@@ -31,14 +33,19 @@ class RefineSpec:
     main_weight: float = 0.5  # weight of the CTC model's log-probability next to the classifier's ...
     # ... or, by the classes the reading's alphabet allows there (e.g. "0O" in an A-Z0-9 captcha), one of these
     main_weights: dict[str, float] = field(default_factory=dict)
+    # second look: (dx, dy) source-pixel offsets of more crops, read for characters whose two best scores are closer
+    # than shift_margin (in log-probability); none for manifests written before it, which read as they did
+    shifts: tuple[tuple[int, int], ...] = ()
+    shift_margin: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> RefineSpec:
-        keys = ("chars", "height", "width", "mean", "std", "main_weight", "main_weights")
-        return cls(**{k: data[k] for k in keys if k in data})
+        keys = ("chars", "height", "width", "mean", "std", "main_weight", "main_weights", "shift_margin")
+        shifts = tuple((int(dx), int(dy)) for dx, dy in data.get("shifts", ()))
+        return cls(**{k: data[k] for k in keys if k in data}, shifts=shifts)
 
     def weight_for(self, allowed: str) -> float:
         """The CTC model's weight where the classes ``allowed`` (in ``chars`` order) are the possible answers."""
@@ -52,11 +59,14 @@ class RefineSpec:
             grey = grey.resize((width, self.height), Image.Resampling.BILINEAR)
         return np.asarray(grey, dtype=np.uint8)
 
-    def crop(self, source: np.ndarray, centre: float) -> np.ndarray:
-        """(height, width) uint8 window centred at ``centre`` (0..1 of the image width), edges repeated outside."""
-        padded = np.pad(source, ((0, 0), (self.width, self.width)), mode="edge")
-        left = int(round(centre * source.shape[1])) + self.width - self.width // 2
-        return padded[:, left : left + self.width]
+    def crop(self, source: np.ndarray, centre: float, dx: int = 0, dy: int = 0) -> np.ndarray:
+        """(height, width) uint8 window centred at ``centre`` (0..1 of the image width), moved ``dx`` pixels right
+        and ``dy`` down, edges repeated outside."""
+        pad_x, pad_y = self.width + abs(dx), abs(dy)
+        padded = np.pad(source, ((pad_y, pad_y), (pad_x, pad_x)), mode="edge")
+        left = int(round(centre * source.shape[1])) + pad_x - self.width // 2 + dx
+        top = pad_y + dy
+        return padded[top : top + source.shape[0], left : left + self.width]
 
     def normalize(self, crops: np.ndarray) -> np.ndarray:
         """(N, height, width) uint8 -> (N, 1, height, width) float32 classifier input."""
@@ -88,10 +98,10 @@ class Candidate:
         """The CTC model's best log-probability for ``option`` over this character's steps."""
         return float(log_probs[self.row, self.start : self.end, chars.index(option) + 1].max())
 
-    def crop(self, spec: RefineSpec, source: np.ndarray, steps: int) -> np.ndarray:
+    def crop(self, spec: RefineSpec, source: np.ndarray, steps: int, dx: int = 0, dy: int = 0) -> np.ndarray:
         """The classifier's crop of ``source`` (``spec.source`` of this candidate's image) around the character's
-        steps (of ``steps``)."""
-        return spec.crop(source, (self.start + self.end) / 2 / steps)
+        steps (of ``steps``), moved by (``dx``, ``dy``) pixels."""
+        return spec.crop(source, (self.start + self.end) / 2 / steps, dx, dy)
 
 
 def candidates(texts: Sequence[str], log_probs: np.ndarray, chars: str, group: str) -> list[Candidate]:
@@ -149,23 +159,39 @@ class Refiner:
         """Greedy readings of (B, T, K+1) ``log_probs`` over ``chars`` -> readings with the group's characters
         decided again: classifier log-probability (summed over classes that output the same character) plus
         the CTC model's best log-probability for that character over the character's steps, times its weight for the
-        classes allowed there (``RefineSpec.weight_for``)."""
+        classes allowed there (``RefineSpec.weight_for``). Characters left with a margin under ``shift_margin`` get
+        the second look (``RefineSpec.shifts``)."""
         found = candidates(texts, log_probs, chars, self.spec.chars)
         if not found:
             return texts
         sources = sources_of(self.spec, images, found)
-        crops = np.stack([c.crop(self.spec, sources[c.row], log_probs.shape[1]) for c in found])
-        scores = self.log_probs(crops)  # (N, G)
+        steps = log_probs.shape[1]
+        scores = self.log_probs(np.stack([c.crop(self.spec, sources[c.row], steps) for c in found]))  # (N, G)
         outputs = list(map(_output_char(chars), self.spec.chars))  # what each class counts for (or None)
+        decide = [self._option_scores(c, row, outputs, log_probs, chars) for c, row in zip(found, scores)]
+        unsure = [i for i, options in enumerate(decide) if _margin(options) < self.spec.shift_margin]
+        if unsure and self.spec.shifts:
+            shifted = [found[i].crop(self.spec, sources[found[i].row], steps, dx, dy)
+                       for i in unsure for dx, dy in self.spec.shifts]  # fmt: skip
+            more = np.exp(self.log_probs(np.stack(shifted))).reshape(len(unsure), len(self.spec.shifts), -1)
+            for i, probs in zip(unsure, more):  # mean probability over the centre crop and the shifted ones
+                row = np.log((np.exp(scores[i]) + probs.sum(0)) / (1 + len(probs)))
+                decide[i] = self._option_scores(found[i], row, outputs, log_probs, chars)
         edited = [list(t) for t in texts]
-        for c, row in zip(found, scores):
-            allowed = "".join(g for g, out in zip(self.spec.chars, outputs) if out is not None and out in c.options)
-            weight = self.spec.weight_for(allowed)
-            best, best_score = None, -np.inf
-            for option in c.options:
-                mine = [row[i] for i, out in enumerate(outputs) if out == option]
-                score = np.logaddexp.reduce(mine) + weight * c.ctc_score(log_probs, chars, option)
-                if score > best_score:
-                    best, best_score = option, score
-            edited[c.row][c.position] = best
+        for c, options in zip(found, decide):
+            edited[c.row][c.position] = max(options, key=options.__getitem__)
         return ["".join(t) for t in edited]
+
+    def _option_scores(self, c: Candidate, row: np.ndarray, outputs: list[str | None], log_probs: np.ndarray,
+                       chars: str) -> dict[str, float]:  # fmt: skip
+        """Each output character ``c`` may become -> its score, from the classifier's (G,) log-probs ``row``."""
+        allowed = "".join(g for g, out in zip(self.spec.chars, outputs) if out is not None and out in c.options)
+        weight = self.spec.weight_for(allowed)
+        return {option: float(np.logaddexp.reduce([row[i] for i, out in enumerate(outputs) if out == option]))
+                + weight * c.ctc_score(log_probs, chars, option) for option in c.options}  # fmt: skip
+
+
+def _margin(scores: dict[str, float]) -> float:
+    """How far the best score is ahead of the next one."""
+    top = sorted(scores.values(), reverse=True)
+    return top[0] - top[1]
