@@ -204,11 +204,9 @@ def refine(
     Work in progress is kept in OUT.refining/ until the bundle is written."""
     _need_torch("ocr refine")
     from captchalab.export.ocr_refine import check_refinable, export_refined_bundle
-    from captchalab.runtime.ocr_refine import RefineSpec
+    from captchalab.runtime.ocr_refine import SECOND_LOOK_MARGIN, SECOND_LOOK_SHIFTS, RefineSpec
     from captchalab.training.checkpoint import write_json
     from captchalab.training.ocr_refine import (
-        SECOND_LOOK_MARGIN,
-        SECOND_LOOK_SHIFTS,
         RefineOptions,
         collect_crops,
         load_crops,

@@ -43,12 +43,6 @@ MAIN_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)  # candidates for RefineSpec.main_weig
 WEIGHT_TIE = 0.0005
 # Held-out crops an alphabet (the classes allowed there, e.g. "0O" in A-Z0-9 captchas) needs for a weight of its own
 MIN_ALPHABET_CROPS = 500
-# The second look that new refiners are given (RefineSpec.shifts, shift_margin): crops moved 2 px sideways and 1 px up
-# or down, for characters whose two best scores are less than 2 apart. On 100,000 crops the shipped refiner had never
-# seen it took 0/O from 96.99 to 97.38 % at that margin (16 % of the crops looked at again), as much as for every
-# crop; 16 shifts up to 3 px gave 97.44 % (docs/ocr-refiner.md).
-SECOND_LOOK_SHIFTS = tuple((dx, dy) for dx in (-2, 0, 2) for dy in (-1, 0, 1) if (dx, dy) != (0, 0))
-SECOND_LOOK_MARGIN = 2.0
 
 
 @dataclass
