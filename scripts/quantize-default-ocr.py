@@ -4,7 +4,8 @@
     python scripts/quantize-default-ocr.py [--bundle src/captchalab/assets/ocr-default]
 
 The fp32 export of scripts/train-default-ocr.sh is kept as ``model.fp32.onnx`` (the source of every later
-quantisation; the training run itself is not kept). Calibration: 512 captchas of the training mix (seeds 7001-7005).
+quantisation; the training run itself is not kept). Calibration: 2,048 captchas of the training mix (seeds
+7001-7005); the classifier (the last convolution) stays fp32.
 Gate: on development sets (seeds 8001-8005, 2,000 images each; the benchmark uses 9001-9005) the int8 model must
 read within 0.5 points of the fp32 one on every set, with the shipped ``--charset auto`` reading, or nothing is
 written. The manifest records the calibration data, the per-set accuracies of both and their agreement.
@@ -27,14 +28,17 @@ from ocr import int8_gate  # noqa: E402
 
 from captchalab.data.charset import parse_charset_spec  # noqa: E402
 from captchalab.data.generate import GenerateConfig, iter_samples  # noqa: E402
-from captchalab.export.common import install_bundle, quantize_int8  # noqa: E402
+from captchalab.export.common import install_bundle, output_layer, quantize_int8  # noqa: E402
 from captchalab.imaging import Preprocess  # noqa: E402
 from captchalab.runtime.bundle import sha256_file  # noqa: E402
 
-# (alphabet, min length, max length, style, seed, images): the training mix of scripts/train-default-ocr.sh
-CALIBRATION = [("lower+digits", 4, 4, "captcha", 7001, 120), ("upper+digits", 4, 4, "captcha", 7002, 100),
-               ("alnum", 4, 6, "captcha", 7003, 160), ("lower+digits", 5, 6, "captcha", 7004, 60),
-               ("alnum", 4, 6, "builtin", 7005, 72)]  # fmt: skip
+# (alphabet, min length, max length, style, seed, images): the training mix of scripts/train-default-ocr.sh. The model
+# of 560k captchas read upper-case development set 8002 (no refiner) 97.80 % in fp32; in int8, 97.20 % calibrated on
+# a quarter of these captchas, 97.35 % on all of them, 97.70 % with the classifier left in fp32 as well (throwaway
+# comparison; MinMax calibration, Entropy and Percentile gave the same 97.35 %)
+CALIBRATION = [("lower+digits", 4, 4, "captcha", 7001, 480), ("upper+digits", 4, 4, "captcha", 7002, 400),
+               ("alnum", 4, 6, "captcha", 7003, 640), ("lower+digits", 5, 6, "captcha", 7004, 240),
+               ("alnum", 4, 6, "builtin", 7005, 288)]  # fmt: skip
 MAX_DROP = 0.005
 
 
@@ -59,15 +63,18 @@ def main() -> None:
             if file.is_file() and file.name not in ("model.onnx", "model.fp32.onnx"):
                 shutil.copy2(file, work / file.name)
         shutil.copy2(fp32, work / "model.fp32.onnx")
-        quantize_int8(work / "model.fp32.onnx", work / "model.onnx", manifest["input"]["name"], calibration)
+        head = output_layer(work / "model.fp32.onnx")
+        quantize_int8(work / "model.fp32.onnx", work / "model.onnx", manifest["input"]["name"], calibration,
+                      keep_fp32=(head,))  # fmt: skip
         report = int8_gate(work, manifest, "model", "model.fp32.onnx", args.count, MAX_DROP)
         manifest["precision"] = "int8"
         manifest["sha256"] = {**manifest.get("sha256", {}), "model.onnx": sha256_file(work / "model.onnx"),
                               "model.fp32.onnx": sha256_file(work / "model.fp32.onnx")}  # fmt: skip
         manifest["quantization"] = {
             "from": "model.fp32.onnx (the fp32 export, kept in the bundle)",
-            "method": "onnxruntime static QDQ: per-channel int8 weights, uint8 activations",
-            "calibration": "512 captchas of the training mix, ocr generate seeds 7001-7005",
+            "method": "onnxruntime static QDQ: per-channel int8 weights, uint8 activations; the classifier "
+            f"({head}) kept fp32",
+            "calibration": f"{len(pixels)} captchas of the training mix, ocr generate seeds 7001-7005",
             "development_sets": f"{args.count} captchas each, seeds 8001-8005, read case-insensitively, charset auto",
             "accuracy": report,
             "command": "python scripts/quantize-default-ocr.py",

@@ -232,6 +232,14 @@ def test_int8_export_is_gated_and_readable(tiny_run: Path, tiny_data: Path, tmp_
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["precision"] == "int8"
     assert 0.0 <= manifest["metrics"]["parity"]["int8_agreement"] <= 1.0
+    # the classifier (the graph's last convolution) stays fp32: no quantized weights feed it
+    import onnx
+
+    graph = onnx.load(str(bundle / "model.onnx")).graph
+    head = [n for n in graph.node if n.op_type == "Conv"][-1]
+    made_by = {out: n.op_type for n in graph.node for out in n.output}
+    assert made_by.get(head.input[1]) != "DequantizeLinear"
+    assert any(n.op_type == "DequantizeLinear" for n in graph.node)  # the rest is int8
     image = sorted(tiny_data.glob("*.png"))[0]
     assert "text" in json.loads(run_cli("ocr", "predict", "-m", str(bundle), "--json", str(image)).stdout_text)
 

@@ -16,7 +16,13 @@ from captchalab.data.labels import read_labelled_images
 from captchalab.data.split import read_split
 from captchalab.errors import CaptchalabError
 from captchalab.evaluation import ocr_report
-from captchalab.export.common import check_bundle_destination, install_bundle, make_work_folder, quantize_int8
+from captchalab.export.common import (
+    check_bundle_destination,
+    install_bundle,
+    make_work_folder,
+    output_layer,
+    quantize_int8,
+)
 from captchalab.imaging import Preprocess
 from captchalab.runtime.bundle import FORMAT_VERSION, onnx_session, sha256_file
 from captchalab.runtime.decode import allowed_chars, decode
@@ -142,7 +148,8 @@ def export_ocr(
         if int8:
             int8_file = work / "model.int8.onnx"
             train_images, _ = _split_images(run, config, "train")
-            quantize_int8(fp32, int8_file, "image", preprocess.normalize(train_images[:512]))
+            quantize_int8(fp32, int8_file, "image", preprocess.normalize(train_images[:512]),
+                          keep_fp32=(output_layer(fp32),))  # fmt: skip
             _, int8_texts = _onnx_predict(int8_file, batch, config)
             int8_report = ocr_report(int8_texts, labels, config["case_sensitive"])
             drop = report["exact_accuracy"] - int8_report["exact_accuracy"]
