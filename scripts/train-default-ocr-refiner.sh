@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Add the refiner of look-alike characters (0 / O / o) to the shipped default OCR bundle, in two stages. Each stage:
-# about 460k generated captchas in which each character is one of the group with probability 0.3 (~10 min), crops
-# collected by the default model (~6 min; 655k crops, 1.9 GB in memory), then a small CNN: 6 epochs from scratch
-# (~100 min on a 2-core CPU), then 3 more from there on the second stage's captchas (~50 min). If interrupted, run
-# the refine line again with --resume. Gated on the development sets (seeds 8001-8005: no set may lose more than
+# Add the refiner of look-alike characters (0 / O / o) to the shipped default OCR bundle (run after
+# scripts/train-default-ocr.sh), in three stages. Each stage: about 460k generated captchas in which each character is
+# one of the group with probability 0.3 (~10 min), crops collected by the default model (~6 min; 655k crops, 1.9 GB
+# in memory), then a small CNN: 6 epochs from scratch (~100 min on a 2-core CPU), then 3 more from there on the
+# second stage's captchas (~50 min), then 1 more on the third's (~20 min). If interrupted, run the refine line again
+# with --resume. The shipped refiner's first two stages collected their crops with the main model before (trained on
+# 280k captchas, the first round of scripts/train-default-ocr.sh); its third stage, with the present one. Gated on the development sets (seeds 8001-8005: no set may lose more than
 # 0.3 pt) before it replaces the shipped bundle, and made int8 (scripts/quantize-default-ocr-refiner.py, its own gate).
 set -euo pipefail
 DATA=${DATA:-data/ocr-refiner}
@@ -36,5 +38,15 @@ STATEMENT2="460,000 more synthetic 160x60 captchas made by captchalab ocr genera
 $cl ocr refine "$RUN" "$DATA2" --out "$RUN2" --chars 0Oo --epochs 3 --lr 1e-3 --channels 32,64,96,128 --seed 0 \
     --init "$RUN" --main-weight 0.25 --main-weight 0O=0 --data-statement "$STATEMENT2"  # weights: see the README
 python benchmarks/ocr_refiner_dev.py --model "$RUN2"
-rm -rf src/captchalab/assets/ocr-default && cp -r "$RUN2" src/captchalab/assets/ocr-default
+
+# Stage 3: the same mix with new seeds again, 1 epoch from stage 2 at learning rate 5e-4 (~25 min with the crops).
+DATA3=${DATA3:-data/ocr-refiner3}
+RUN3=${RUN3:-runs/s3/ocr-default}
+mix "$DATA3" abcde 131
+mix "$DATA3" fghij 136
+STATEMENT3="460,000 more synthetic 160x60 captchas made by captchalab ocr generate, the same mix as the refiner it starts from with new seeds (scripts/train-default-ocr-refiner.sh, third stage), each character one of the look-alikes with probability 0.3 (--favour): 280k captcha-library 4-char A-Z0-9 (0O; seeds 131, 135, 136, 140), 80k captcha-library 4-6-char a-zA-Z0-9 (0Oo; 132, 137), 30k captcha-library 4-6-char a-z0-9 (0o; 133, 138), 70k builtin 4-6-char a-zA-Z0-9 (0Oo; 134, 139); crops of every 0/O/o the default model read in them"
+$cl ocr refine "$RUN2" "$DATA3" --out "$RUN3" --chars 0Oo --epochs 1 --lr 5e-4 --channels 32,64,96,128 --seed 0 \
+    --init "$RUN2" --main-weight 0.25 --main-weight 0O=0 --data-statement "$STATEMENT3"
+python benchmarks/ocr_refiner_dev.py --model "$RUN3"
+rm -rf src/captchalab/assets/ocr-default && cp -r "$RUN3" src/captchalab/assets/ocr-default
 python scripts/quantize-default-ocr-refiner.py  # int8 refiner, gated on the development sets; fp32 kept beside it
