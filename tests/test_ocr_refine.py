@@ -136,7 +136,7 @@ def test_refine_cli_writes_a_bundle_the_reader_uses(look_alike_data: Path, tmp_p
     assert not (out / "refiner.fp32.onnx").exists() and "refiner.fp32.onnx" not in manifest["sha256"]
     assert "quantization" not in refiner
     assert refiner["main_weight"] in (0.0, 0.25, 0.5, 1.0, 2.0)
-    assert refiner["shifts"] and refiner["shift_margin"] > 0  # new refiners take the second look
+    assert refiner["shifts"] == [] and refiner["shift_margin"] == 0  # the second look is off unless asked for
     assert 0.5 < refiner["training"]["valid_accuracy"]["combined_second_look"] <= 1.0
     crops = refiner["training"]["crops"]
     assert crops["train"] > 100 and crops["per_class"]["0"] > 0 and crops["per_class"]["O"] > 0

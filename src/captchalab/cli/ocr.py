@@ -204,7 +204,7 @@ def refine(
     Work in progress is kept in OUT.refining/ until the bundle is written."""
     _need_torch("ocr refine")
     from captchalab.export.ocr_refine import check_refinable, export_refined_bundle
-    from captchalab.runtime.ocr_refine import SECOND_LOOK_MARGIN, SECOND_LOOK_SHIFTS, RefineSpec
+    from captchalab.runtime.ocr_refine import RefineSpec
     from captchalab.training.checkpoint import write_json
     from captchalab.training.ocr_refine import (
         RefineOptions,
@@ -227,7 +227,7 @@ def refine(
     check_refinable(model, out)  # before the long work
     opts = RefineOptions(chars=group, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                          channels=widths, main_weight=every, main_weights=by_alphabet, init=init)  # fmt: skip
-    spec = RefineSpec(group, opts.height, opts.width, shifts=SECOND_LOOK_SHIFTS, shift_margin=SECOND_LOOK_MARGIN)
+    spec = RefineSpec(group, opts.height, opts.width)
     if init is not None:
         init_source(init, spec, widths)
     work = progress_folder(out)
@@ -251,7 +251,7 @@ def refine(
     typer.echo(
         f"wrote {out}: {report['crops']['train']} crops learnt; on {report['crops']['valid']} held-out crops the "
         f"CTC model alone is right {accuracy['ctc_model']:.4f}, with the refiner {accuracy['combined']:.4f} "
-        f"(CTC weight {_weights_text(spec)}), with its second look {accuracy['combined_second_look']:.4f}"
+        f"(CTC weight {_weights_text(spec)}), with a second look {accuracy['combined_second_look']:.4f}"
     )
 
 

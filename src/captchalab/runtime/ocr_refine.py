@@ -3,9 +3,10 @@ around each such character the CTC model emitted, and its scores are added to th
 
 The CTC model sees the captcha shrunk to its input size (112x32 for the default), where the few pixels that tell an
 unslashed zero from a capital O are gone; the crop keeps them. Only characters of the refiner's group are looked at
-again, so images without them cost nothing extra. Where the two best answers for a character are close, the
-classifier takes a second look: it reads crops shifted by a pixel or two as well (the CTC step that places a crop is
-4 source pixels wide) and averages its probabilities over them. onnxruntime and numpy only.
+again, so images without them cost nothing extra. Where the two best answers for a character are close, a bundle
+whose manifest asks for it (``shifts``) has the classifier take a second look: it reads crops shifted by a pixel or
+two as well (the CTC step that places a crop is 4 source pixels wide) and averages its probabilities over them.
+onnxruntime and numpy only.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# The second look that new refiners are given (RefineSpec.shifts, shift_margin): crops moved 2 px sideways and 1 px up
-# or down, for characters whose two best scores are less than 2 apart (about one in six). Chosen on 100,000 crops the
-# default refiner had never seen: 0/O from 96.99 to 97.38 %, as much as with every crop looked at again; on 10,000
-# upper-case development captchas, 148 misread without it, 139 with it (benchmarks/ocr_second_look.py).
+# A second look to try (RefineSpec.shifts, shift_margin; off unless a manifest asks for it): crops moved 2 px sideways
+# and 1 px up or down, for characters whose two best scores are less than 2 apart (about one in six). It helped one
+# refiner and hurt the next (benchmarks/ocr_second_look.py; the README has the figures), so nothing turns it on by
+# default; `ocr refine` reports what it does on the held-out crops.
 SECOND_LOOK_SHIFTS = tuple((dx, dy) for dx in (-2, 0, 2) for dy in (-1, 0, 1) if (dx, dy) != (0, 0))
 SECOND_LOOK_MARGIN = 2.0
 

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,13 @@ from captchalab.imaging import load_image
 from captchalab.models.ocr_refiner import RefinerNet
 from captchalab.progress import track
 from captchalab.runtime.ocr import OcrReader
-from captchalab.runtime.ocr_refine import RefineSpec, candidates, sources_of
+from captchalab.runtime.ocr_refine import (
+    SECOND_LOOK_MARGIN,
+    SECOND_LOOK_SHIFTS,
+    RefineSpec,
+    candidates,
+    sources_of,
+)
 from captchalab.training.checkpoint import load_torch, save_arrays, save_torch
 from captchalab.training.distributed import resolve_device
 from captchalab.training.refiner_init import CALIBRATION_CROPS, start_from
@@ -248,7 +254,9 @@ def train_refiner(
     weights.update(opts.main_weights)
     chosen = RefineSpec(**{**spec.to_dict(), "main_weight": weight, "main_weights": weights})
     per_crop = np.array([chosen.weight_for(k) for k in allowed_classes(main, spec.chars)], dtype=np.float32)
-    looked = second_look(net, chosen, valid_crops, cnn, main, per_crop[:, None], device)
+    # what the second look would do (RefineSpec.shifts; off unless the manifest asks for it): for the report
+    trial = chosen if chosen.shifts else replace(chosen, shifts=SECOND_LOOK_SHIFTS, shift_margin=SECOND_LOOK_MARGIN)
+    looked = second_look(net, trial, valid_crops, cnn, main, per_crop[:, None], device)
     report = {
         "crops": {
             "train": len(train_idx),
