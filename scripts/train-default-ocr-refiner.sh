@@ -28,25 +28,24 @@ $cl ocr refine src/captchalab/assets/ocr-default "$DATA" --out "$RUN" --chars 0O
     --main-weight 0.25 --data-statement "$STATEMENT"  # weight chosen on the development sets (see the README)
 python benchmarks/ocr_refiner_dev.py --model "$RUN"
 
-# Stage 2: the same mix again with new seeds (another 460k captchas, ~10 min), crops collected by the default model
-# (~6 min, 655k crops), 3 epochs starting from the stage-1 refiner (--init; ~50 min).
+# A later stage: the mix twice more with new seeds (SEED.. and SEED+5..; another 460k captchas, ~10 min) into DATA,
+# crops collected by the bundle FROM (~6 min, 655k crops), EPOCHS starting from FROM's refiner (--init) at rate LR.
+later_stage() {  # later_stage FROM DATA OUT SEED EPOCHS LR STATEMENT
+    local from=$1 data=$2 out=$3 seed=$4 epochs=$5 lr=$6 statement=$7
+    mix "$data" abcde "$seed"
+    mix "$data" fghij $((seed + 5))
+    $cl ocr refine "$from" "$data" --out "$out" --chars 0Oo --epochs "$epochs" --lr "$lr" --channels 32,64,96,128 \
+        --seed 0 --init "$from" --main-weight 0.25 --main-weight 0O=0 --data-statement "$statement"  # weights: README
+    python benchmarks/ocr_refiner_dev.py --model "$out"
+}
+# Stage 2: 3 epochs from stage 1 at 1e-3 (~50 min); stage 3: 1 epoch from stage 2 at 5e-4 (~20 min).
 DATA2=${DATA2:-data/ocr-refiner2}
 RUN2=${RUN2:-runs/ft/ocr-default}
-mix "$DATA2" abcde 121
-mix "$DATA2" fghij 126
 STATEMENT2="460,000 more synthetic 160x60 captchas made by captchalab ocr generate, the same mix as the refiner it starts from with new seeds (scripts/train-default-ocr-refiner.sh, second stage), each character one of the look-alikes with probability 0.3 (--favour): 280k captcha-library 4-char A-Z0-9 (0O; seeds 121, 125, 126, 130), 80k captcha-library 4-6-char a-zA-Z0-9 (0Oo; 122, 127), 30k captcha-library 4-6-char a-z0-9 (0o; 123, 128), 70k builtin 4-6-char a-zA-Z0-9 (0Oo; 124, 129); crops of every 0/O/o the default model read in them"
-$cl ocr refine "$RUN" "$DATA2" --out "$RUN2" --chars 0Oo --epochs 3 --lr 1e-3 --channels 32,64,96,128 --seed 0 \
-    --init "$RUN" --main-weight 0.25 --main-weight 0O=0 --data-statement "$STATEMENT2"  # weights: see the README
-python benchmarks/ocr_refiner_dev.py --model "$RUN2"
-
-# Stage 3: the same mix with new seeds again, 1 epoch from stage 2 at learning rate 5e-4 (~25 min with the crops).
+later_stage "$RUN" "$DATA2" "$RUN2" 121 3 1e-3 "$STATEMENT2"
 DATA3=${DATA3:-data/ocr-refiner3}
 RUN3=${RUN3:-runs/s3/ocr-default}
-mix "$DATA3" abcde 131
-mix "$DATA3" fghij 136
 STATEMENT3="460,000 more synthetic 160x60 captchas made by captchalab ocr generate, the same mix as the refiner it starts from with new seeds (scripts/train-default-ocr-refiner.sh, third stage), each character one of the look-alikes with probability 0.3 (--favour): 280k captcha-library 4-char A-Z0-9 (0O; seeds 131, 135, 136, 140), 80k captcha-library 4-6-char a-zA-Z0-9 (0Oo; 132, 137), 30k captcha-library 4-6-char a-z0-9 (0o; 133, 138), 70k builtin 4-6-char a-zA-Z0-9 (0Oo; 134, 139); crops of every 0/O/o the default model read in them"
-$cl ocr refine "$RUN2" "$DATA3" --out "$RUN3" --chars 0Oo --epochs 1 --lr 5e-4 --channels 32,64,96,128 --seed 0 \
-    --init "$RUN2" --main-weight 0.25 --main-weight 0O=0 --data-statement "$STATEMENT3"
-python benchmarks/ocr_refiner_dev.py --model "$RUN3"
+later_stage "$RUN2" "$DATA3" "$RUN3" 131 1 5e-4 "$STATEMENT3"
 rm -rf src/captchalab/assets/ocr-default && cp -r "$RUN3" src/captchalab/assets/ocr-default
 python scripts/quantize-default-ocr-refiner.py  # int8 refiner, gated on the development sets; fp32 kept beside it
