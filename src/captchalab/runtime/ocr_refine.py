@@ -177,8 +177,10 @@ class Refiner:
         scores = self.log_probs(np.stack([c.crop(self.spec, sources[c.row], steps) for c in found]))  # (N, G)
         outputs = list(map(_output_char(chars), self.spec.chars))  # what each class counts for (or None)
         decide = [self._option_scores(c, row, outputs, log_probs, chars) for c, row in zip(found, scores)]
-        unsure = [i for i, options in enumerate(decide) if _margin(options) < self.spec.shift_margin]
-        if unsure and self.spec.shifts:
+        unsure: list[int] = []  # candidates that get the second look, if the manifest asks for one
+        if self.spec.shifts:
+            unsure = [i for i, options in enumerate(decide) if _margin(options) < self.spec.shift_margin]
+        if unsure:
             shifted = [found[i].crop(self.spec, sources[found[i].row], steps, dx, dy)
                        for i in unsure for dx, dy in self.spec.shifts]  # fmt: skip
             more = np.exp(self.log_probs(np.stack(shifted))).reshape(len(unsure), len(self.spec.shifts), -1)
