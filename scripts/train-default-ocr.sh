@@ -22,6 +22,8 @@ $cl ocr train "$DATA" --out "$RUN" --schedule cosine --max-epochs 6 --patience 1
 # then 4 more: on --resume the cosine is laid over the new budget, so epoch 7 starts again at 0.69e-3 (a warm restart)
 # and epochs 7-10 anneal to 0; validation accuracy was still rising at epoch 6
 $cl ocr train "$DATA" --out "$RUN" --resume --max-epochs 10
+# --alphabets: the mix's three captcha-library alphabets, priors chosen on the development sets (ocr generate seeds
+# 8001-8005), not on the benchmark's (9001-9005)
 $cl ocr export "$RUN" --out src/captchalab/assets/ocr-default \
     --training-command "scripts/train-default-ocr.sh: captchalab ocr train DATA --out RUN --schedule cosine --max-epochs 6 --patience 100 --split 0.9,0.05,0.05 --lr 2e-3 --batch-size 128 --seed 0 --workers 2, then captchalab ocr train DATA --out RUN --resume --max-epochs 10" \
     --licenses scripts/ocr-default-licenses.json --alphabets lower+digits:0.2,upper+digits:0.2,alnum:0.6 \
