@@ -33,7 +33,7 @@ from captchalab.imaging import Preprocess  # noqa: E402
 from captchalab.runtime.bundle import sha256_file  # noqa: E402
 
 # (alphabet, min length, max length, style, seed, images): the training mix of scripts/train-default-ocr.sh. The model
-# of 560k captchas after 6 of its 10 epochs read upper-case development set 8002 (no refiner) 97.80 % in fp32; in
+# of 560k captchas after 6 of its 15 epochs read upper-case development set 8002 (no refiner) 97.80 % in fp32; in
 # int8, 97.20 % calibrated on a quarter of these captchas, 97.35 % on all of them, 97.70 % with the classifier left in
 # fp32 as well (throwaway comparison; MinMax calibration, Entropy and Percentile gave the same 97.35 %)
 CALIBRATION = [("lower+digits", 4, 4, "captcha", 7001, 480), ("upper+digits", 4, 4, "captcha", 7002, 400),

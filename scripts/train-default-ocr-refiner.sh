@@ -6,7 +6,7 @@
 # second stage's captchas (~50 min), then 1 more on the third's and 1 more on the fourth's (~20 min each). If
 # interrupted, run the refine line again with --resume. The shipped refiner's first two stages collected their crops
 # with the main model before (trained on 280k captchas, the first round of scripts/train-default-ocr.sh); the third,
-# with the present one after 6 of its 10 epochs; the fourth, with the present one. Gated on the development sets
+# with the present one after 6 of its 15 epochs; the fourth, after 10. Gated on the development sets
 # (seeds 8001-8005: no set may lose more than 0.3 pt) before it replaces the shipped bundle, and made int8
 # (scripts/quantize-default-ocr-refiner.py, its own gate).
 set -euo pipefail
