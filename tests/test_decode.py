@@ -128,3 +128,26 @@ def test_parse_alphabets_normalises_priors_and_names_mistakes():
     for bad, message in (("alnum:x", "must be a number"), ("alnum:0", "positive"), (" , ", "no alphabet")):
         with pytest.raises(CaptchalabError, match=message):
             parse_alphabets(bad)
+
+
+def test_project_restricts_and_folds_in_one_step():
+    from captchalab.runtime.decode import fold_case, project, restrict_charset
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
+    lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    chars, allowed = "oO0aAb", "oO0A"
+    both, out = project(lp, chars, allowed, fold=True)
+    one_by_one, out2 = fold_case(*restrict_charset(lp, chars, allowed))
+    assert out == out2 == "o0a"
+    np.testing.assert_allclose(both, one_by_one, atol=1e-5)
+
+
+def test_project_survives_a_step_where_every_allowed_class_is_very_unlikely():
+    from captchalab.runtime.decode import project
+
+    # the model is sure of 'X' (not allowed); the allowed classes sit near -200, where float32 exp() is 0
+    lp = np.array([[[-200.0, 0.0, -201.0, -199.0]]], dtype=np.float32)  # blank, 'X', '0', 'o'
+    kept, chars = project(lp, "X0o", "0o", fold=False)
+    assert chars == "0o" and np.isfinite(kept).all()
+    assert decode(kept, chars, "ctc-greedy")[0][0] == "o"

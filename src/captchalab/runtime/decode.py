@@ -36,19 +36,35 @@ def fold_case(log_probs: np.ndarray, chars: str) -> tuple[np.ndarray, str]:
     (B, T, K+1) over ``chars`` -> (B, T, K'+1) over the folded charset (lower case, first-seen order).
     Reading 'c' or 'C' becomes one class, so a glyph whose case is ambiguous no longer splits its probability.
     """
-    folded = fold_case_charset(chars)
-    merged = np.exp(log_probs) @ _fold_matrix(chars).astype(log_probs.dtype)  # (B, T, K'+1): one matmul, not K adds
-    return np.log(np.maximum(merged, 1e-30)), folded
+    return project(log_probs, chars, None, fold=True)
 
 
-@functools.lru_cache(maxsize=8)
-def _fold_matrix(chars: str) -> np.ndarray:
-    """(K+1, K'+1) 0/1 matrix sending each class (blank first) to its folded class."""
-    folded = fold_case_charset(chars)
-    target = [0] + [folded.index(c.lower()) + 1 for c in chars]
-    matrix = np.zeros((len(chars) + 1, len(folded) + 1), dtype=np.float32)
-    matrix[np.arange(len(target)), target] = 1.0
-    return matrix
+def project(log_probs: np.ndarray, chars: str, allowed: str | None, fold: bool) -> tuple[np.ndarray, str]:
+    """``restrict_charset`` to ``allowed`` (None: every class) then, with ``fold``, ``fold_case``, in one step:
+    (B, T, K+1) log-probabilities -> (B, T, K'+1) over the returned characters.
+
+    Both are sums of probabilities followed by renormalisation, so one 0/1 matrix does them together (one matmul in
+    float64, which cannot underflow for the values a softmax gives), a few numpy calls for a whole batch: this runs
+    for every captcha read, and on one image its cost is the number of calls."""
+    matrix, out_chars = _projection(chars, allowed, fold)
+    probs = np.exp(log_probs.astype(np.float64)) @ matrix  # (B, T, K'+1)
+    total = np.maximum(probs.sum(-1, keepdims=True), 1e-300)
+    return np.log(np.maximum(probs, 1e-300) / total).astype(np.float32), out_chars
+
+
+@functools.lru_cache(maxsize=32)
+def _projection(chars: str, allowed: str | None, fold: bool) -> tuple[np.ndarray, str]:
+    """(K+1, K'+1) 0/1 matrix sending the blank and each kept class to its output class, and the output chars."""
+    kept = chars if allowed is None else _restricted_chars(chars, allowed)
+    out_chars = fold_case_charset(kept) if fold else kept
+    target = {c: out_chars.index(c.lower() if fold else c) + 1 for c in kept}
+    matrix = np.zeros((len(chars) + 1, len(out_chars) + 1), dtype=np.float64)
+    matrix[0, 0] = 1.0
+    for i, c in enumerate(chars):
+        if c in target:
+            matrix[i + 1, target[c]] = 1.0
+    matrix.setflags(write=False)
+    return matrix, out_chars
 
 
 def fold_case_charset(chars: str) -> str:
@@ -84,15 +100,25 @@ def choose_alphabets(
     character read, the Bayes factor of a uniform prior over A against one over all K classes. A glyph as likely
     'O' as '0' among clear lower-case letters then reads '0': no capital letter is expected there.
     """
-    scores = np.empty((len(alphabets), log_probs.shape[0]), dtype=np.float64)
-    for a, alphabet in enumerate(alphabets):
-        restricted = log_probs[..., _class_indices(chars, alphabet)]  # (B, T, |A|+1)
-        best = restricted.argmax(-1)  # (B, T); 0 = blank
-        emitted = (best[:, 0] != 0) + ((best[:, 1:] != 0) & (best[:, 1:] != best[:, :-1])).sum(-1)  # (B,)
-        scores[a] = restricted.max(-1).sum(-1) + emitted * np.log(len(chars) / len(alphabet))
+    masks, bayes = _alphabet_masks(chars, tuple(alphabets))  # (A, K+1), (A,)
+    # every alphabet at once (a few numpy calls whatever their number): classes outside one are -inf for it
+    masked = np.where(masks[:, None, None, :], log_probs[None], log_probs.dtype.type(-np.inf))  # (A, B, T, K+1)
+    best = masked.argmax(-1)  # (A, B, T); 0 = blank
+    emitted = (best[..., 0] != 0) + ((best[..., 1:] != 0) & (best[..., 1:] != best[..., :-1])).sum(-1)  # (A, B)
+    scores = masked.max(-1).sum(-1).astype(np.float64) + emitted * bayes[:, None]
     if priors is not None:
         scores += np.log(np.asarray(priors, dtype=np.float64))[:, None]
     return scores.argmax(0)
+
+
+@functools.lru_cache(maxsize=32)
+def _alphabet_masks(chars: str, alphabets: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(A, K+1) bool: the blank and each alphabet's classes; (A,) log(|K| / |A|), the Bayes factor per character."""
+    masks = np.zeros((len(alphabets), len(chars) + 1), dtype=bool)
+    for a, alphabet in enumerate(alphabets):
+        masks[a, _class_indices(chars, alphabet)] = True
+    bayes = np.log([len(chars) / len(alphabet) for alphabet in alphabets])
+    return masks, bayes
 
 
 @functools.lru_cache(maxsize=32)
@@ -106,10 +132,7 @@ def restrict_charset(log_probs: np.ndarray, chars: str, allowed: str) -> tuple[n
     """Keep the blank and the classes of ``allowed`` (a subset of ``chars``), renormalised: (B, T, K+1) ->
     (B, T, K'+1). A reader told the alphabet (as ddddocr's ``set_ranges``) can no longer answer 'O' for a '0'
     in an a-z0-9 captcha."""
-    kept = log_probs[..., _class_indices(chars, allowed)]
-    top = kept.max(-1, keepdims=True)
-    kept = kept - (top + np.log(np.exp(kept - top).sum(-1, keepdims=True)))
-    return kept, _restricted_chars(chars, allowed)
+    return project(log_probs, chars, allowed, fold=False)
 
 
 @functools.lru_cache(maxsize=32)

@@ -20,9 +20,8 @@ from captchalab.runtime.decode import (
     check_charset,
     choose_alphabets,
     decode,
-    fold_case,
     fold_case_charset,
-    restrict_charset,
+    project,
 )
 from captchalab.runtime.ocr_refine import RefineHook, Refiner, RefineSpec
 
@@ -227,10 +226,8 @@ def decode_readings(
     """Model output (B, T, K+1) -> readings, optionally restricted to the ``allowed`` characters, then case-folded,
     then passed through the refiner ``hook`` (``rows``: these images' indices in the batch the hook knows).
     Confidence stays the greedy path's."""
-    if allowed is not None and allowed != chars:
-        log_probs, chars = restrict_charset(log_probs, chars, allowed)
-    if fold:
-        log_probs, chars = fold_case(log_probs, chars)
+    if (allowed is not None and allowed != chars) or fold:
+        log_probs, chars = project(log_probs, chars, None if allowed == chars else allowed, fold)
     decoded = decode(log_probs, chars, decoder)
     if hook is None or decoder != "ctc-greedy":
         return [Reading(text, conf) for text, conf in decoded]
