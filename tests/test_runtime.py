@@ -235,3 +235,48 @@ def test_default_bundle_is_complete_and_reads():
     samples = list(iter_samples(GenerateConfig(charset="abcdefghijklmnopqrstuvwxyz0123456789", seed=424242), 50))
     right = sum(ocr.read(image).text.lower() == label for label, image in samples)
     assert right >= 45  # the benchmark measures >= 99% on thousands; this only guards against a broken bundle
+
+
+def test_shift_rows_moves_images_and_repeats_the_edge():
+    import numpy as np
+
+    from captchalab.runtime.ocr import shift_rows
+
+    batch = np.arange(2 * 1 * 4 * 3, dtype=np.float32).reshape(2, 1, 4, 3)
+    down, up = shift_rows(batch, 1), shift_rows(batch, -1)
+    np.testing.assert_array_equal(down[:, :, 1:], batch[:, :, :-1])
+    np.testing.assert_array_equal(down[:, :, 0], batch[:, :, 0])
+    np.testing.assert_array_equal(up[:, :, :-1], batch[:, :, 1:])
+    np.testing.assert_array_equal(up[:, :, -1], batch[:, :, -1])
+    assert shift_rows(batch, 0) is batch
+
+
+def test_average_shifts_rereads_only_unsure_captchas():
+    import numpy as np
+
+    from captchalab.data.generate import GenerateConfig, iter_samples
+    from captchalab.runtime.ocr import SHIFT_GATE, shift_rows
+
+    images = [image for _, image in iter_samples(GenerateConfig(charset="ABCDEFGHJK0O1234", seed=515151), 64)]
+    plain = OcrReader("default", threads=1, case_sensitive=False)
+    steady = OcrReader("default", threads=1, case_sensitive=False, average_shifts=True)
+    batch, loaded = plain.prepare(images)
+    (lp,) = plain._session.run(None, {plain._input: batch})
+    sure = np.array([r.confidence >= SHIFT_GATE for r in plain.output.readings(lp, plain.decoder)])
+    assert sure.any() and not sure.all()  # both kinds in the batch, or the test shows nothing
+    expected = np.exp(lp)
+    for dy in (1, -1):
+        expected += np.exp(plain._session.run(None, {plain._input: shift_rows(batch, dy)})[0])
+    expected = np.where(sure[:, None, None], lp, np.log(np.maximum(expected / 3, 1e-30)))
+    np.testing.assert_allclose(steady._averaged_over_shifts(batch, lp), expected, atol=1e-4)
+    readings, plain_readings = steady.run(batch, loaded), plain.run(batch, loaded)
+    assert [r.text for r, s in zip(readings, sure) if s] == [r.text for r, s in zip(plain_readings, sure) if s]
+
+
+def test_average_shifts_through_the_cli(tiny_bundle: Path, tiny_run: Path, tiny_data: Path):
+    image = str(sorted(tiny_data.glob("*.png"))[0])
+    result = run_cli("ocr", "predict", "--average-shifts", "--json", "--model", str(tiny_bundle), image)
+    assert json.loads(result.stdout_text)["file"] == image
+    result = run_cli("ocr", "predict", "--average-shifts", "--model", str(tiny_run), image, check=False)
+    assert result.returncode == 2 and "--average-shifts reads exported bundles only" in result.stderr_text
+    assert "Traceback" not in result.stderr_text

@@ -28,20 +28,27 @@ def load_reader(  # noqa: ANN201
     case_sensitive: bool = True,
     charset: str | None = AUTO,
     refine: bool = True,
+    average_shifts: bool = False,
 ):
     """A reader for ``default``, a bundle folder (onnxruntime) or a training run folder (torch); ``charset`` limits
     what it can read (e.g. ``'lower+digits'``; ``'auto'``: inferred among the model's training alphabets, ``'any'``:
-    no limit); ``refine=False`` turns a bundle's refiner of look-alike characters off."""
+    no limit); ``refine=False`` turns a bundle's refiner of look-alike characters off; ``average_shifts`` (bundles
+    only) reads unsure captchas again shifted by a pixel (``OcrReader``)."""
     path = Path(model)
     if str(model) != "default" and path.is_dir() and not (path / "manifest.json").exists():
         if (path / "best.pt").exists():
             from captchalab.training.reader import TorchOcrReader
 
+            if average_shifts:
+                raise CaptchalabError(f"{path}: --average-shifts reads exported bundles only; export the run first")
             return TorchOcrReader(path, case_sensitive=case_sensitive, charset=charset)
         raise CaptchalabError(f"{path}: neither a model bundle (manifest.json) nor a training run (best.pt)")
     if str(model) != "default" and not path.exists():
         raise CaptchalabError(f"{path}: no such model bundle")
-    return OcrReader(model, threads=threads, case_sensitive=case_sensitive, charset=charset, refine=refine)
+    return OcrReader(
+        model, threads=threads, case_sensitive=case_sensitive, charset=charset, refine=refine,
+        average_shifts=average_shifts,
+    )  # fmt: skip
 
 
 def image_files(folder: str | os.PathLike) -> tuple[list[Path], list[str]]:
@@ -103,10 +110,13 @@ def evaluate(
     batch_size: int = 256,
     charset: str | None = AUTO,
     refine: bool = True,
+    average_shifts: bool = False,
 ) -> dict:
     """Score ``model`` on a labelled folder / labels file; unreadable images are skipped and listed. ``charset``
     limits what the model may read (the alphabet of the captchas, when known)."""
-    reader = load_reader(model, case_sensitive=case_sensitive, charset=charset, refine=refine)
+    reader = load_reader(
+        model, case_sensitive=case_sensitive, charset=charset, refine=refine, average_shifts=average_shifts
+    )
     items = read_labelled_images(data)
     compare_case = reader.case_sensitive
     charset = set(reader.charset) | ({c.upper() for c in reader.charset} if not compare_case else set())
