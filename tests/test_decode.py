@@ -34,25 +34,25 @@ def test_unknown_decoder():
         decode(_log_probs([1]), "abc", "beam")
 
 
-def test_fold_case_merges_letter_cases_before_the_argmax():
-    from captchalab.runtime.decode import fold_case
+def test_case_folding_merges_letter_cases_before_the_argmax():
+    from captchalab.runtime.decode import project
 
     # one step where blank (0.4) beats 'c' (0.3) and 'C' (0.3) separately, but not their sum
     lp = np.log(np.array([[[0.4, 0.3, 0.3, 0.0 + 1e-9]]], dtype=np.float32))
     assert decode(lp, "cC7", "ctc-greedy")[0][0] == ""
-    folded, chars = fold_case(lp, "cC7")
+    folded, chars = project(lp, "cC7", None, fold=True)
     assert chars == "c7" and folded.shape == (1, 1, 3)
     ((text, conf),) = decode(folded, chars, "ctc-greedy")
     assert text == "c" and conf == pytest.approx(0.6, rel=1e-4)
 
 
-def test_restrict_charset_drops_classes_and_renormalises():
-    from captchalab.runtime.decode import restrict_charset
+def test_restricting_drops_classes_and_renormalises():
+    from captchalab.runtime.decode import project
 
     # a '0' drawn like an 'O': 'O' wins among all classes, '0' once the alphabet is a-z0-9
     lp = np.log(np.array([[[0.1, 0.5, 0.3, 0.1]]], dtype=np.float32))  # blank, 'O', '0', 'o'
     assert decode(lp, "O0o", "ctc-greedy")[0][0] == "O"
-    kept, chars = restrict_charset(lp, "O0o", "0o")
+    kept, chars = project(lp, "O0o", "0o", fold=False)
     assert chars == "0o" and kept.shape == (1, 1, 3)
     np.testing.assert_allclose(np.exp(kept).sum(-1), 1.0, rtol=1e-5)
     ((text, conf),) = decode(kept, chars, "ctc-greedy")
@@ -87,7 +87,7 @@ ROUND = {"O": 0.55, "0": 0.45}  # a glyph the model finds as likely a capital O 
 
 
 def test_choose_alphabets_reads_a_round_glyph_by_its_company():
-    from captchalab.runtime.decode import allowed_chars, choose_alphabets, restrict_charset
+    from captchalab.runtime.decode import allowed_chars, choose_alphabets, project
 
     alphabets = [allowed_chars(s, MIXED) for s in ("lower+digits", "upper+digits", "alnum")]
     blank = {"": 1.0}
@@ -97,7 +97,7 @@ def test_choose_alphabets_reads_a_round_glyph_by_its_company():
     chosen = choose_alphabets(np.concatenate([lower, upper, mixed]), MIXED, alphabets)
     assert chosen.tolist() == [0, 1, 2]
     assert decode(lower, MIXED, "ctc-greedy")[0][0] == "kwOqh"  # any character: the capital wins
-    kept, chars = restrict_charset(lower, MIXED, alphabets[0])
+    kept, chars = project(lower, MIXED, alphabets[0], fold=False)
     assert decode(kept, chars, "ctc-greedy")[0][0] == "kw0qh"
     # a strong enough prior for the mixed alphabet outweighs four clear lower-case letters
     assert choose_alphabets(lower, MIXED, alphabets, priors=[0.001, 0.001, 0.998]).tolist() == [2]
@@ -131,14 +131,14 @@ def test_parse_alphabets_normalises_priors_and_names_mistakes():
 
 
 def test_project_restricts_and_folds_in_one_step():
-    from captchalab.runtime.decode import fold_case, project, restrict_charset
+    from captchalab.runtime.decode import project
 
     rng = np.random.default_rng(3)
     logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
     lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     chars, allowed = "oO0aAb", "oO0A"
     both, out = project(lp, chars, allowed, fold=True)
-    one_by_one, out2 = fold_case(*restrict_charset(lp, chars, allowed))
+    one_by_one, out2 = project(*project(lp, chars, allowed, fold=False), None, fold=True)
     assert out == out2 == "o0a"
     np.testing.assert_allclose(both, one_by_one, atol=1e-5)
 

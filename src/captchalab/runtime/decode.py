@@ -30,22 +30,16 @@ def decode(log_probs: np.ndarray, chars: str, decoder: str) -> list[tuple[str, f
     return [("".join(chars[i - 1] for i in row[mask]), float(conf)) for row, mask, conf in zip(best, keep, confidence)]
 
 
-def fold_case(log_probs: np.ndarray, chars: str) -> tuple[np.ndarray, str]:
-    """Merge each letter's upper- and lower-case classes (probabilities summed) for case-insensitive reading.
-
-    (B, T, K+1) over ``chars`` -> (B, T, K'+1) over the folded charset (lower case, first-seen order).
-    Reading 'c' or 'C' becomes one class, so a glyph whose case is ambiguous no longer splits its probability.
-    """
-    return project(log_probs, chars, None, fold=True)
-
-
 def project(log_probs: np.ndarray, chars: str, allowed: str | None, fold: bool) -> tuple[np.ndarray, str]:
-    """``restrict_charset`` to ``allowed`` (None: every class) then, with ``fold``, ``fold_case``, in one step:
-    (B, T, K+1) log-probabilities -> (B, T, K'+1) over the returned characters.
+    """(B, T, K+1) log-probabilities over ``chars`` -> (B, T, K'+1) over the returned characters: only the blank and
+    the classes of ``allowed`` (a subset of ``chars``; None: all) kept, renormalised, then with ``fold`` each letter's
+    two cases merged into one lower-case class (first-seen order), their probabilities summed.
 
-    Both are sums of probabilities followed by renormalisation, so one 0/1 matrix does them together (one matmul in
-    float64, which cannot underflow for the values a softmax gives), a few numpy calls for a whole batch: this runs
-    for every captcha read, and on one image its cost is the number of calls."""
+    Restricting is how a reader told the alphabet (as ddddocr's ``set_ranges``) can no longer answer 'O' for a '0' in
+    an a-z0-9 captcha; folding, how a glyph whose case is ambiguous ('c' or 'C') stops splitting its probability
+    between two classes before the argmax. Both are sums of probabilities and a renormalisation, so one 0/1 matrix
+    does them together: one float64 matmul (no underflow for the values a softmax gives) and a few numpy calls for a
+    whole batch, which matters because this runs for every captcha read."""
     matrix, out_chars = _projection(chars, allowed, fold)
     probs = np.exp(log_probs.astype(np.float64)) @ matrix  # (B, T, K'+1)
     total = np.maximum(probs.sum(-1, keepdims=True), 1e-300)
@@ -68,7 +62,8 @@ def _projection(chars: str, allowed: str | None, fold: bool) -> tuple[np.ndarray
 
 
 def fold_case_charset(chars: str) -> str:
-    """The charset ``fold_case`` decodes into: lower case, duplicates dropped, first-seen order."""
+    """The charset folded readings decode into (``project`` with ``fold``): lower case, duplicates dropped, first-seen
+    order."""
     return "".join(dict.fromkeys(c.lower() for c in chars))
 
 
@@ -126,13 +121,6 @@ def _class_indices(chars: str, allowed: str) -> np.ndarray:
     """The blank and the model classes of ``allowed``, in model order."""
     wanted = set(allowed)
     return np.array([0] + [i + 1 for i, c in enumerate(chars) if c in wanted])
-
-
-def restrict_charset(log_probs: np.ndarray, chars: str, allowed: str) -> tuple[np.ndarray, str]:
-    """Keep the blank and the classes of ``allowed`` (a subset of ``chars``), renormalised: (B, T, K+1) ->
-    (B, T, K'+1). A reader told the alphabet (as ddddocr's ``set_ranges``) can no longer answer 'O' for a '0'
-    in an a-z0-9 captcha."""
-    return project(log_probs, chars, allowed, fold=False)
 
 
 @functools.lru_cache(maxsize=32)
