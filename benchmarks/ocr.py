@@ -208,7 +208,8 @@ def main() -> None:
         # knows; "alphabet given": told the set's alphabet (our --charset, ddddocr's set_ranges), as a user who knows
         # their captchas would
         given = OcrReader(args.model, threads=1, case_sensitive=False, charset=alphabet)
-        row["captchalab"] = score([r.text for r in ours.read_batch(images, args.batch_size, workers=2)])
+        shipped = ocr_report([r.text for r in ours.read_batch(images, args.batch_size, 2)], labels, False)
+        row["captchalab"], row["captchalab_ci95"] = shipped["exact_accuracy"], shipped["exact_accuracy_ci95"]
         row["captchalab_any"] = score([r.text for r in anything.read_batch(images, args.batch_size, workers=2)])
         row["captchalab_alphabet_given"] = score([r.text for r in given.read_batch(images, args.batch_size, workers=2)])
         row["captchalab_average_shifts"] = score([r.text for r in steady.read_batch(images, args.batch_size, 2)])
@@ -220,7 +221,8 @@ def main() -> None:
             row["ddddocr_alphabet_given"] = score([peer_given(i) for i in images])
         results["accuracy"][name] = row
         print(
-            f"{name:38s} captchalab {row['captchalab']:.4f} (any {row['captchalab_any']:.4f}, "
+            f"{name:38s} captchalab {row['captchalab']:.4f} [{row['captchalab_ci95'][0]:.4f}-"
+            f"{row['captchalab_ci95'][1]:.4f}] (any {row['captchalab_any']:.4f}, "
             f"alphabet given {row['captchalab_alphabet_given']:.4f}"
             + f", average shifts {row['captchalab_average_shifts']:.4f}"
             + (f", no refiner {row['captchalab_no_refiner']:.4f})" if unrefined else ")")

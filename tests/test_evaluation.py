@@ -1,3 +1,5 @@
+import pytest
+
 from captchalab.evaluation import edit_distance, ocr_report
 
 
@@ -55,3 +57,15 @@ def test_grid_failure_kinds():
     assert failure_kind({1, 2}, {2}) == "too_few"
     assert failure_kind({1, 2}, {2, 5}) == "swapped"
     assert failure_kind({1}, {3}) == "swapped"
+
+
+def test_wilson_interval_of_an_accuracy():
+    from captchalab.evaluation import wilson_interval
+
+    low, high = wilson_interval(1980, 2000)  # 99.00 % of 2,000: about +-0.45 pt
+    assert low == pytest.approx(0.98460, abs=2e-5) and high == pytest.approx(0.99352, abs=2e-5)
+    assert wilson_interval(20, 20)[1] == 1.0 and wilson_interval(20, 20)[0] == pytest.approx(0.8389, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    report = ocr_report(["ab", "cd", "xx"], ["ab", "cd", "ef"])
+    low, high = report["exact_accuracy_ci95"]
+    assert low < report["exact_accuracy"] < high

@@ -371,9 +371,10 @@ def eval_cmd(
         target.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
     except OSError as exc:
         raise CaptchalabError(f"{target}: cannot write the report ({exc.strerror or exc})") from None
+    low, high = report["exact_accuracy_ci95"]
     typer.echo(
-        f"exact {report['exact_accuracy']:.4f}, per-char {report['char_accuracy']:.4f} on "
-        f"{report['images']} images; report in {target}"
+        f"exact {report['exact_accuracy']:.4f} (95 % interval {low:.4f}-{high:.4f}), per-char "
+        f"{report['char_accuracy']:.4f} on {report['images']} images; report in {target}"
     )
 
 
