@@ -83,6 +83,11 @@ def train(
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random shifts and contrast while training."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     workers: int | None = typer.Option(None, help="Processes for the one-off preprocessing cache."),
+    init: str | None = typer.Option(
+        None,
+        help="Start from this model's weights instead of at random: 'default', a bundle or a run folder (same "
+        "--arch ctc and input size; characters it does not know start fresh). Fine-tunes on your captchas.",
+    ),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -121,6 +126,7 @@ def train(
         augment=augment,
         device=device,
         workers=workers,
+        init=init,
     )
     command = shlex.join(["captchalab", *sys.argv[1:]])
     report = train_ocr(data, out, opts, resume=resume, command=command, budget=budget)

@@ -30,6 +30,7 @@ from captchalab.progress import track
 from captchalab.runtime.decode import check_charset, decode
 from captchalab.training import distributed
 from captchalab.training.checkpoint import load_torch, save_torch, write_csv, write_json
+from captchalab.training.ocr_init import check_init, initialise
 from captchalab.training.plots import plot_curves
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class OcrTrainOptions:
     device: str = "auto"
     workers: int | None = None
     model: dict = field(default_factory=dict)  # extra model config fields (e.g. widths for a tiny model)
+    init: str | None = None  # start from this model (a run folder, a bundle or "default") instead of at random
 
     def check(self) -> None:
         """CaptchalabError naming the first option a run could not use (before anything is written)."""
@@ -166,6 +168,8 @@ def _prepare(
     longest = max(len(i.label) for i in items)
     _build_model({"arch": opts.arch, "decoder": decoder, "preprocess": preprocess.to_dict(),
                   "charset": charset.chars, "max_length": longest}, opts.model)  # fmt: skip
+    if opts.init:
+        check_init(opts.init, {"arch": opts.arch, "preprocess": preprocess.to_dict(), "charset": charset.chars})
     split_file = run / "split.json"
     if reuse_split and split_file.exists():
         split = read_split(split_file)
@@ -297,6 +301,11 @@ def train_ocr(
         history, best_acc, best_epoch = state["history"], state["best_acc"], state["best_epoch"]
         start_epoch = state["epoch"] + 1
         log.info("resuming %s after epoch %d (best valid %.4f at epoch %d)", run, state["epoch"], best_acc, best_epoch)
+    elif opts.init:
+        order = np.random.default_rng(opts.seed).permutation(len(train))
+        step = min(opts.batch_size, 256)
+        initialise(model, config, opts.init, lambda i: train.inputs(order[i * step : (i + 1) * step], augment=False).to(
+            ctx.device), steps=max(1, min(32, len(train) // step)))  # fmt: skip
     net = model
     if ctx.world_size > 1:
         net = nn.parallel.DistributedDataParallel(
