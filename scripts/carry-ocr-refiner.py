@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src")]
-from captchalab.export.common import install_bundle  # noqa: E402
+from captchalab.export.common import bundle_copy, install_bundle  # noqa: E402
 from captchalab.export.ocr_refine import REFINER_FILE, REFINER_FP32_FILE  # noqa: E402
-from captchalab.runtime.bundle import MANIFEST, load_bundle, sha256_file  # noqa: E402
+from captchalab.runtime.bundle import load_bundle, sha256_file  # noqa: E402
 
 
 def main() -> None:
@@ -36,11 +35,7 @@ def main() -> None:
     if source.manifest["charset"] != target.manifest["charset"]:
         sys.exit(f"{target.path}: another charset than {source.path}")
     manifest = dict(target.manifest)
-    work = Path(tempfile.mkdtemp(prefix=".bundle-", dir=target.path.parent))
-    try:
-        for file in target.path.iterdir():
-            if file.is_file() and file.name not in (MANIFEST, REFINER_FILE, REFINER_FP32_FILE):
-                shutil.copy2(file, work / file.name)
+    with bundle_copy(target.path, target.path, leave_out=(REFINER_FILE, REFINER_FP32_FILE)) as work:
         carried = [name for name in (REFINER_FILE, REFINER_FP32_FILE) if (source.path / name).is_file()]
         for name in carried:
             shutil.copy2(source.path / name, work / name)
@@ -48,9 +43,6 @@ def main() -> None:
         manifest["refiner"] = source.manifest["refiner"]
         manifest["sha256"] = {**manifest.get("sha256", {}), **{name: sha256_file(work / name) for name in carried}}
         install_bundle(work, target.path, manifest)
-    finally:
-        if work.exists():
-            shutil.rmtree(work)
     print(f"{target.path}: now has the refiner of {source.path} ({', '.join(carried)})")
 
 

@@ -27,7 +27,7 @@ from ocr import int8_gate  # noqa: E402
 
 from captchalab.data.charset import parse_charset_spec  # noqa: E402
 from captchalab.data.generate import GenerateConfig, iter_samples  # noqa: E402
-from captchalab.export.common import install_bundle, quantize_int8  # noqa: E402
+from captchalab.export.common import bundle_copy, install_bundle, quantize_int8  # noqa: E402
 from captchalab.export.ocr_refine import REFINER_FILE, REFINER_FP32_FILE  # noqa: E402
 from captchalab.runtime.bundle import onnx_session, sha256_file  # noqa: E402
 from captchalab.runtime.ocr_refine import RefineSpec  # noqa: E402
@@ -69,11 +69,7 @@ def main() -> None:
     manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
     spec = RefineSpec.from_dict(manifest["refiner"])
     fp32 = bundle / (REFINER_FP32_FILE if (bundle / REFINER_FP32_FILE).exists() else REFINER_FILE)
-    work = Path(tempfile.mkdtemp(prefix=".bundle-", dir=bundle.parent))
-    try:
-        for file in bundle.iterdir():
-            if file.is_file() and file.name not in (REFINER_FILE, REFINER_FP32_FILE):
-                shutil.copy2(file, work / file.name)
+    with bundle_copy(bundle, bundle, leave_out=(REFINER_FILE, REFINER_FP32_FILE)) as work:
         shutil.copy2(fp32, work / REFINER_FP32_FILE)
         with tempfile.TemporaryDirectory() as images:
             calibration = calibration_crops(bundle, spec, Path(images))
@@ -95,9 +91,6 @@ def main() -> None:
             "command": "python scripts/quantize-default-ocr-refiner.py",
         }
         install_bundle(work, bundle, manifest)
-    finally:
-        if work.exists():
-            shutil.rmtree(work)
     print(f"wrote {bundle} (int8 refiner; fp32 original kept as {REFINER_FP32_FILE})")
 
 

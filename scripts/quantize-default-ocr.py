@@ -17,7 +17,6 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from ocr import int8_gate  # noqa: E402
 
 from captchalab.data.charset import parse_charset_spec  # noqa: E402
 from captchalab.data.generate import GenerateConfig, iter_samples  # noqa: E402
-from captchalab.export.common import install_bundle, output_layer, quantize_int8  # noqa: E402
+from captchalab.export.common import bundle_copy, install_bundle, output_layer, quantize_int8  # noqa: E402
 from captchalab.imaging import Preprocess  # noqa: E402
 from captchalab.runtime.bundle import sha256_file  # noqa: E402
 
@@ -57,11 +56,8 @@ def main() -> None:
     pixels = [preprocess.to_uint8(image) for *config, n in CALIBRATION for _, image in samples(*config, n)]
     calibration = preprocess.normalize(np.stack(pixels))[np.random.default_rng(0).permutation(len(pixels))]
 
-    work = Path(tempfile.mkdtemp(prefix=".bundle-", dir=args.bundle.parent))
-    try:
-        for file in args.bundle.iterdir():  # the refiner and anything else of the bundle stay as they are
-            if file.is_file() and file.name not in ("model.onnx", "model.fp32.onnx"):
-                shutil.copy2(file, work / file.name)
+    # the refiner and anything else of the bundle stay as they are
+    with bundle_copy(args.bundle, args.bundle, leave_out=("model.onnx", "model.fp32.onnx")) as work:
         shutil.copy2(fp32, work / "model.fp32.onnx")
         head = output_layer(work / "model.fp32.onnx")
         quantize_int8(work / "model.fp32.onnx", work / "model.onnx", manifest["input"]["name"], calibration,
@@ -80,9 +76,6 @@ def main() -> None:
             "command": "python scripts/quantize-default-ocr.py",
         }
         install_bundle(work, args.bundle, manifest)
-    finally:
-        if work.exists():
-            shutil.rmtree(work)
     print(f"wrote {args.bundle} (int8; fp32 original kept as model.fp32.onnx)")
 
 

@@ -6,6 +6,8 @@ import datetime
 import json
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +82,22 @@ def make_work_folder(out: Path) -> Path:
         return Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
     except OSError as exc:
         raise CaptchalabError(f"{out}: cannot write the bundle there ({exc.strerror or exc})") from None
+
+
+@contextmanager
+def bundle_copy(source: Path, out: Path, leave_out: Iterable[str] = ()) -> Iterator[Path]:
+    """A work folder beside ``out`` holding copies of ``source``'s files except its manifest and ``leave_out``: add
+    or replace files there, then ``install_bundle(work, out, manifest)``. Removed when the block ends otherwise."""
+    work = make_work_folder(out)
+    skip = {MANIFEST, *leave_out}
+    try:
+        for file in source.iterdir():
+            if file.is_file() and file.name not in skip:
+                shutil.copy2(file, work / file.name)
+        yield work
+    finally:
+        if work.exists():
+            shutil.rmtree(work)
 
 
 def read_licenses(path: Path | None) -> list | None:

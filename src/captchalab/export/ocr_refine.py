@@ -4,7 +4,6 @@ manifest's ``refiner`` entry. The held-out crops go through torch and ONNX; any 
 from __future__ import annotations
 
 import logging
-import shutil
 import warnings
 from pathlib import Path
 
@@ -12,8 +11,8 @@ import numpy as np
 import torch
 
 from captchalab.errors import CaptchalabError
-from captchalab.export.common import check_bundle_destination, install_bundle, make_work_folder
-from captchalab.runtime.bundle import MANIFEST, Bundle, load_bundle, onnx_session, sha256_file
+from captchalab.export.common import bundle_copy, check_bundle_destination, install_bundle
+from captchalab.runtime.bundle import Bundle, load_bundle, onnx_session, sha256_file
 from captchalab.runtime.ocr_refine import RefineSpec
 
 log = logging.getLogger(__name__)
@@ -43,11 +42,7 @@ def export_refined_bundle(
     ``parity_crops``: (N, H, W) uint8 crops on which torch and ONNX must pick the same class."""
     bundle = check_refinable(source, out)
     out = Path(out)
-    work = make_work_folder(out)
-    try:
-        for file in bundle.path.iterdir():
-            if file.is_file() and file.name not in (MANIFEST, REFINER_FILE, REFINER_FP32_FILE):
-                shutil.copy2(file, work / file.name)
+    with bundle_copy(bundle.path, out, leave_out=(REFINER_FILE, REFINER_FP32_FILE)) as work:
         target = work / REFINER_FILE
         x = torch.from_numpy(spec.normalize(parity_crops))
         net = net.cpu().eval()
@@ -73,8 +68,5 @@ def export_refined_bundle(
         parity = {"crops": len(x), "mismatches": 0, "max_abs_logit_diff": max_diff}
         manifest["refiner"] = {**spec.to_dict(), "training": training, "parity": parity}
         install_bundle(work, out, manifest)
-    finally:
-        if work.exists():
-            shutil.rmtree(work)
     log.info("wrote %s with a refiner of %r (main weight %.2f)", out, spec.chars, spec.main_weight)
     return manifest
