@@ -131,15 +131,8 @@ def _copy_classes(target: torch.Tensor, source: torch.Tensor, rows: list[int | N
                 target[new] = source[old]
 
 
-def _classifier(model: nn.Module) -> nn.Module:
-    layer = getattr(model, "classifier", None)
-    if layer is None:
-        raise CaptchalabError("--init works for models with a per-step classifier (--arch ctc)")
-    return layer
-
-
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], rows: list[int | None], spec: str) -> None:
-    own = model.state_dict()
+    own = model.state_dict()  # shares storage with the model: copying into it loads the weights
     head = {"classifier.weight", "classifier.bias"}
     for name, tensor in own.items():
         source = state.get(name)
@@ -149,7 +142,6 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], rows: list[int
             _copy_classes(tensor, source, rows)
         else:
             tensor.copy_(source)
-    model.load_state_dict(own)
 
 
 def _conv_norm_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module | None]]:
@@ -165,7 +157,7 @@ def _conv_norm_pairs(model: nn.Module) -> list[tuple[nn.Module, nn.Module | None
 
 def _load_unfolded(model: nn.Module, convs: list, rows: list[int | None], spec: str) -> None:
     pairs = _conv_norm_pairs(model)
-    classifier = _classifier(model)
+    classifier = model.classifier  # check_init allows --arch ctc only
     if len(pairs) != len(convs):
         raise CaptchalabError(f"--init {spec}: its {len(convs)} convolutions do not fit this run's {len(pairs)}")
     with torch.no_grad():
