@@ -103,3 +103,16 @@ def test_cli_fine_tunes_from_a_bundle(tiny_data: Path, tiny_bundle: Path, tmp_pa
         "and --gray/--rgb to match"
     ]
     assert not (tmp_path / "no").exists()
+
+
+def test_cli_shapes_the_ctc_model(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "shaped"
+    run_cli("ocr", "train", str(tiny_data), "--out", str(run), "--max-epochs", "1", "--batch-size", "32", "--size",
+            "48x16", "--channels", "8,8,16,24", "--seq-layers", "3")  # fmt: skip
+    model, config = load_run_model(run)
+    assert list(config["model"]["widths"]) == [8, 8, 16, 24] and config["model"]["seq_layers"] == 3
+    assert len(model.sequence) == 3 and model.features[-1][0].out_channels == 24
+    refused = run_cli("ocr", "train", str(tiny_data), "--out", str(tmp_path / "no"), "--arch", "resnet18-fixed",
+                      "--seq-layers", "3", check=False)  # fmt: skip
+    assert refused.returncode == 2 and "shape --arch ctc models" in refused.stderr_text
+    assert not (tmp_path / "no").exists()

@@ -83,6 +83,12 @@ def train(
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random shifts and contrast while training."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     workers: int | None = typer.Option(None, help="Processes for the one-off preprocessing cache."),
+    channels: str | None = typer.Option(
+        None, help="--arch ctc: widths of its four convolution stages (default 16,32,64,128)."
+    ),
+    seq_layers: int | None = typer.Option(
+        None, help="--arch ctc: residual 1-D convolutions over time before the classifier (default 2)."
+    ),
     init: str | None = typer.Option(
         None,
         help="Start from this model's weights instead of at random: 'default', a bundle or a run folder (same "
@@ -105,6 +111,12 @@ def train(
     if resume:
         _warn_ignored_on_resume(ctx)
     width, height = parse_size(size) if size else (None, None)
+    shape = {"widths": _parse_channels(channels) if channels else None, "seq_layers": seq_layers}
+    shape = {k: v for k, v in shape.items() if v is not None}
+    if shape and arch != "ctc":
+        raise CaptchalabError(f"--channels and --seq-layers shape --arch ctc models, not {arch}")
+    if shape.get("seq_layers", 1) < 0:
+        raise CaptchalabError(f"--seq-layers must be 0 or more, not {seq_layers}")
     budget = {
         k: v
         for k, v in (("patience", patience), ("max_epochs", max_epochs), ("max_minutes", max_minutes))
@@ -126,6 +138,7 @@ def train(
         augment=augment,
         device=device,
         workers=workers,
+        model=shape,
         init=init,
     )
     command = shlex.join(["captchalab", *sys.argv[1:]])
