@@ -14,7 +14,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ocr import SETS, png_set
+from ocr import SETS, development_sets, png_set
 
 from captchalab.ocr import OcrReader
 
@@ -24,14 +24,8 @@ SEEDS = {"dev": (-1000, (8102, 8202)), "check": (-980, (8302, 8402))}  # offset 
 
 def sets(which: str, count: int, upper: int) -> list[tuple[str, list[bytes], list[str]]]:
     offset, upper_seeds = SEEDS[which]
-    out = []
-    for name, (config, _) in SETS.items():
-        out.append(
-            (
-                f"{name} (seed {config.seed + offset})",
-                *png_set(dataclasses.replace(config, seed=config.seed + offset), count),
-            )
-        )
+    out = [(f"{name} (seed {SETS[name][0].seed + offset})", images, labels)
+           for name, images, labels in development_sets(count, offset)]  # fmt: skip
     for seed in upper_seeds:
         out.append((f"{UPPER} (seed {seed})", *png_set(dataclasses.replace(SETS[UPPER][0], seed=seed), upper)))
     return out

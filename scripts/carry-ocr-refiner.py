@@ -7,7 +7,7 @@
 The refiner reads full-resolution crops and does not depend on the main model, except for the weights its answer gives
 the main model's own scores (``main_weight`` / ``main_weights``), which were chosen next to FROM's main model. They are
 kept as they are: for A-Z0-9 captchas that weight is 0 (the refiner alone decides 0 / O), so there nothing changes.
-Used by scripts/finetune-default-ocr.sh after fine-tuning the default's main model.
+Used after fine-tuning the default's main model with `ocr train --init` (README: Three more epochs).
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def train(
         None, help="--arch ctc: widths of its four convolution stages (default 16,32,64,128)."
     ),
     seq_layers: int | None = typer.Option(
-        None, help="--arch ctc: residual 1-D convolutions over time before the classifier (default 2)."
+        None, min=0, help="--arch ctc: residual 1-D convolutions over time before the classifier (default 2)."
     ),
     init: str | None = typer.Option(
         None,
@@ -115,8 +115,6 @@ def train(
     shape = {k: v for k, v in shape.items() if v is not None}
     if shape and arch != "ctc":
         raise CaptchalabError(f"--channels and --seq-layers shape --arch ctc models, not {arch}")
-    if shape.get("seq_layers", 1) < 0:
-        raise CaptchalabError(f"--seq-layers must be 0 or more, not {seq_layers}")
     budget = {
         k: v
         for k, v in (("patience", patience), ("max_epochs", max_epochs), ("max_minutes", max_minutes))
